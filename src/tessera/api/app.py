@@ -1,0 +1,76 @@
+"""The ASGI application: OAuth authorization server and management API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from tessera import __version__
+from tessera.api import errors
+from tessera.api.middleware import BodyLimitMiddleware, RequestIDMiddleware
+from tessera.api.routers import audit, identities, oauth
+from tessera.config import Settings
+from tessera.container import Services, build
+from tessera.db import migrate
+from tessera.jobs import Job, JobRunner
+
+
+class NotMigrated(RuntimeError):
+    """The database schema is missing or behind this version of Tessera."""
+
+
+def check_ready(services: Services) -> None:
+    missing = migrate.pending(services.engine)
+    if missing:
+        raise NotMigrated(
+            f"the database at {services.engine.url.render_as_string(hide_password=True)} is not "
+            "migrated to this version of Tessera; run `tessera init` (or `tessera db upgrade`) "
+            "first")
+
+
+def default_jobs(services: Services) -> list[Job]:
+    def purge_jtis() -> None:
+        with services.sessions() as session:
+            services.tokens.purge_expired(session)
+            session.commit()
+
+    return [Job("purge-used-jtis", 60.0, purge_jtis)]
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None, *,
+               run_jobs: bool = True) -> FastAPI:
+    """Build the app; with no arguments, settings come from the TESSERA_* environment."""
+    owned = services is None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc = app.state.services
+        check_ready(svc)
+        runner = JobRunner(default_jobs(svc) if run_jobs else [])
+        runner.start()
+        try:
+            yield
+        finally:
+            runner.stop()
+            if owned:
+                svc.close()
+
+    if services is None:
+        services = build(settings or Settings())
+    app = FastAPI(title="Tessera", version=__version__, lifespan=lifespan,
+                  description="Identity and access control plane for AI systems.")
+    app.state.services = services
+    errors.install(app)
+    app.include_router(oauth.router)
+    app.include_router(identities.router)
+    app.include_router(audit.router)
+
+    @app.get("/healthz", tags=["meta"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    app.add_middleware(BodyLimitMiddleware, limit=services.settings.max_body_bytes)
+    app.add_middleware(RequestIDMiddleware)
+    return app

@@ -1,0 +1,81 @@
+"""OAuth endpoints: metadata (RFC 8414), JWKS, token (RFC 6749 §3.2)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from tessera.api.deps import ServicesDep, get_services, request_context
+from tessera.api.errors import NO_STORE, oauth_error_response
+from tessera.audit import RequestContext
+from tessera.container import Services
+from tessera.errors import InvalidRequest, OAuthError
+from tessera.oauth.rfc8414_metadata import metadata
+
+router = APIRouter(tags=["oauth"])
+MULTI_VALUED = {"resource"}  # RFC 8707 §2: resource may repeat
+
+
+def parse_form(request: Request, body: bytes) -> tuple[dict[str, str], list[str]]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/x-www-form-urlencoded":
+        raise InvalidRequest("the body must be application/x-www-form-urlencoded")
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
+                          max_num_fields=50)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequest("the body is not a valid form") from exc
+    form: dict[str, str] = {}
+    resources: list[str] = []
+    for key, value in pairs:
+        if key in MULTI_VALUED:
+            resources.append(value)
+        elif key in form:
+            # RFC 6749 §3.2: parameters MUST NOT be included more than once.
+            raise InvalidRequest(f"parameter {key!r} repeated")
+        else:
+            form[key] = value
+    return form, resources
+
+
+def _issue(services: Services, form: dict[str, str], resources: list[str],
+           ctx: RequestContext) -> dict[str, Any]:
+    with services.sessions() as session:
+        try:
+            result = services.tokens.token(session, form, resources, ctx)
+            session.commit()
+            return result.body
+        except OAuthError as err:
+            session.rollback()
+            failure = err
+    with services.sessions() as session:
+        services.tokens.record_refusal(session, failure, form, ctx)
+        session.commit()
+    raise failure
+
+
+@router.post("/oauth2/token")
+async def token(request: Request) -> JSONResponse:
+    services = get_services(request)
+    ctx = request_context(request)
+    try:
+        form, resources = parse_form(request, await request.body())
+        body = await run_in_threadpool(_issue, services, form, resources, ctx)
+    except OAuthError as err:
+        return oauth_error_response(err)
+    return JSONResponse(body, headers=NO_STORE)
+
+
+@router.get("/.well-known/oauth-authorization-server")
+def authorization_server_metadata(services: ServicesDep) -> dict[str, Any]:
+    return metadata(services.tokens.issuer)
+
+
+@router.get("/oauth2/jwks")
+def jwks(services: ServicesDep) -> JSONResponse:
+    return JSONResponse(services.keys.jwks(), media_type="application/jwk-set+json",
+                        headers={"Cache-Control": "public, max-age=60"})

@@ -1,0 +1,61 @@
+"""Tables of the identity registry: identities, their credentials and their grants."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tessera.db.base import Base
+
+
+class IdentityRow(Base):
+    __tablename__ = "identities"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True)
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("identities.id"), index=True)
+    purpose: Mapped[str] = mapped_column(String(1000), default="")
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), index=True, default="active")
+    allowed_scopes: Mapped[list[str]] = mapped_column(default=list)
+    allowed_audiences: Mapped[list[str]] = mapped_column(default=list)
+    expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime | None]
+    status_changed_at: Mapped[datetime | None]
+    status_changed_by: Mapped[str | None] = mapped_column(String(40))
+    status_reason: Mapped[str | None] = mapped_column(String(1000))
+
+
+class CredentialRow(Base):
+    __tablename__ = "credentials"
+    __table_args__ = (UniqueConstraint("identity_id", "kid", name="uq_credentials_identity_kid"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    identity_id: Mapped[str] = mapped_column(ForeignKey("identities.id"), index=True)
+    type: Mapped[str] = mapped_column(String(16), default="jwk")
+    kid: Mapped[str] = mapped_column(String(200))
+    thumbprint: Mapped[str] = mapped_column(String(64), index=True)
+    public_jwk: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class GrantRow(Base):
+    __tablename__ = "grants"
+    __table_args__ = (Index("ix_grants_identity_role", "identity_id", "role"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    identity_id: Mapped[str] = mapped_column(ForeignKey("identities.id"))
+    role: Mapped[str] = mapped_column(String(128))
+    granted_by: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]

@@ -1,0 +1,327 @@
+"""The identity registry: who every agent, model, pipeline, service and human is.
+
+Services never commit; the caller (API, CLI, job) owns the transaction, and audit events join it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tessera.audit import AuditService, RequestContext
+from tessera.audit import events as ev
+from tessera.clock import Clock
+from tessera.errors import Conflict, NotFound, ValidationFailed
+from tessera.identity.jwk_policy import validate_public_jwk
+from tessera.identity.models import CredentialRow, GrantRow, IdentityRow
+from tessera.identity.schemas import (SCOPE_TOKEN, CredentialCreate, CredentialRead,
+                                      IdentityCreate, IdentityRead, IdentityUpdate)
+
+ADMIN_ROLE = "admin"
+MAX_ATTRIBUTES_BYTES = 16 * 1024
+DecommissionHook = Callable[[Session, IdentityRow, str], None]
+
+
+def new_id(prefix: str, now: datetime) -> str:
+    """Time-ordered id: prefix, 12 hex digits of milliseconds, 8 random hex digits."""
+    return f"{prefix}_{int(now.timestamp() * 1000):012x}{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True)
+class IdentityRules:
+    trust_domain: str
+    max_expiry_days: int = 90
+
+
+class IdentityService:
+    """Register, read, change and retire identities and their credentials."""
+
+    def __init__(self, clock: Clock, audit: AuditService, rules: IdentityRules) -> None:
+        self._clock = clock
+        self._audit = audit
+        self.rules = rules
+        self._decommission_hooks: list[DecommissionHook] = []
+
+    def on_decommission(self, hook: DecommissionHook) -> None:
+        """Subscribe another package to decommissioning (it runs in the same transaction)."""
+        self._decommission_hooks.append(hook)
+
+    # -- representation ---------------------------------------------------------------------
+
+    def spiffe_id(self, row: IdentityRow) -> str:
+        return f"spiffe://{self.rules.trust_domain}/{row.kind}/{row.name}"
+
+    def read(self, session: Session, row: IdentityRow) -> IdentityRead:
+        return IdentityRead(
+            id=row.id, name=row.name, kind=row.kind, owner=row.owner_id, purpose=row.purpose,
+            attributes=row.attributes, status=row.status, client_id=row.id,
+            spiffe_id=self.spiffe_id(row), roles=self.roles(session, row.id),
+            allowed_scopes=row.allowed_scopes, allowed_audiences=row.allowed_audiences,
+            expires_at=row.expires_at, created_at=row.created_at, updated_at=row.updated_at,
+            last_seen_at=row.last_seen_at, status_changed_at=row.status_changed_at,
+            status_changed_by=row.status_changed_by, status_reason=row.status_reason)
+
+    @staticmethod
+    def credential_read(row: CredentialRow) -> CredentialRead:
+        return CredentialRead(id=row.id, identity_id=row.identity_id, type=row.type, kid=row.kid,
+                              thumbprint=row.thumbprint, jwk=row.public_jwk, status=row.status,
+                              created_at=row.created_at, expires_at=row.expires_at,
+                              last_used_at=row.last_used_at, revoked_at=row.revoked_at)
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def get(self, session: Session, identity_id: str) -> IdentityRow:
+        row = session.get(IdentityRow, identity_id) if identity_id else None
+        if row is None:
+            row = session.scalars(select(IdentityRow).where(IdentityRow.name == identity_id)
+                                  ).one_or_none()
+        if row is None:
+            raise NotFound(f"identity {identity_id!r} not found")
+        return row
+
+    def find(self, session: Session, identity_id: str) -> IdentityRow | None:
+        return session.get(IdentityRow, identity_id)
+
+    def list(self, session: Session, *, kind: str | None = None, status: str | None = None,
+             owner: str | None = None, limit: int = 50,
+             cursor: str | None = None) -> tuple[list[IdentityRow], str | None]:
+        q = select(IdentityRow)
+        if kind:
+            q = q.where(IdentityRow.kind == kind)
+        if status:
+            q = q.where(IdentityRow.status == status)
+        if owner:
+            q = q.where(IdentityRow.owner_id == owner)
+        if cursor:
+            q = q.where(IdentityRow.id > cursor)
+        rows = list(session.scalars(q.order_by(IdentityRow.id).limit(limit + 1)))
+        next_cursor = rows[limit - 1].id if len(rows) > limit else None
+        return rows[:limit], next_cursor
+
+    def roles(self, session: Session, identity_id: str) -> list[str]:
+        now = self._clock.now()
+        return sorted(set(session.scalars(select(GrantRow.role).where(
+            GrantRow.identity_id == identity_id,
+            or_(GrantRow.expires_at.is_(None), GrantRow.expires_at > now)))))
+
+    def has_role(self, session: Session, identity_id: str, role: str) -> bool:
+        return role in self.roles(session, identity_id)
+
+    def is_usable(self, row: IdentityRow) -> bool:
+        """Active and not past its expiry: may authenticate and act."""
+        return row.status == "active" and (row.expires_at is None or
+                                           row.expires_at > self._clock.now())
+
+    # -- validation -------------------------------------------------------------------------
+
+    def _check_expiry(self, kind: str, expires_at: datetime | None) -> None:
+        now = self._clock.now()
+        if expires_at is None:
+            if kind != "human":
+                raise ValidationFailed("a non-human identity needs an expiry date (expires_at)",
+                                       code="expiry_required")
+            return
+        if expires_at <= now:
+            raise ValidationFailed("expires_at must be in the future", code="expiry_in_past")
+        limit = now + timedelta(days=self.rules.max_expiry_days)
+        if kind != "human" and expires_at > limit:
+            raise ValidationFailed(
+                f"expires_at is beyond the maximum of {self.rules.max_expiry_days} days",
+                code="expiry_too_far")
+
+    @staticmethod
+    def _check_lists(scopes: list[str] | None, audiences: list[str] | None) -> None:
+        for s in scopes or []:
+            if not re.match(SCOPE_TOKEN, s):
+                raise ValidationFailed(f"invalid scope token {s!r}")
+        for a in audiences or []:
+            if not isinstance(a, str) or not 0 < len(a) <= 400:
+                raise ValidationFailed("each audience must be a string of 1 to 400 characters")
+
+    @staticmethod
+    def _check_attributes(attributes: dict[str, Any]) -> None:
+        if len(json.dumps(attributes)) > MAX_ATTRIBUTES_BYTES:
+            raise ValidationFailed(f"attributes exceed {MAX_ATTRIBUTES_BYTES} bytes")
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def register(self, session: Session, data: IdentityCreate, *, actor: str | None,
+                 ctx: RequestContext | None = None) -> IdentityRow:
+        now = self._clock.now()
+        if data.kind != "human":
+            if not data.owner:
+                raise ValidationFailed("a non-human identity must name an owner (a human)",
+                                       code="owner_required")
+            if not data.purpose.strip():
+                raise ValidationFailed("a non-human identity must state its purpose",
+                                       code="purpose_required")
+        if data.owner:
+            owner = session.get(IdentityRow, data.owner)
+            if owner is None or owner.kind != "human" or not self.is_usable(owner):
+                raise ValidationFailed("the owner must be an active human identity",
+                                       code="owner_invalid")
+        self._check_expiry(data.kind, data.expires_at)
+        self._check_attributes(data.attributes)
+        self._check_lists(data.allowed_scopes, data.allowed_audiences)
+        if session.scalars(select(IdentityRow.id).where(IdentityRow.name == data.name)).first():
+            raise Conflict(f"an identity named {data.name!r} already exists")
+        row = IdentityRow(id=new_id("idn", now), name=data.name, kind=data.kind,
+                          owner_id=data.owner, purpose=data.purpose, attributes=data.attributes,
+                          status="active", allowed_scopes=data.allowed_scopes,
+                          allowed_audiences=data.allowed_audiences, expires_at=data.expires_at,
+                          created_at=now, updated_at=now)
+        session.add(row)
+        try:
+            session.flush()
+        except IntegrityError as exc:  # a concurrent registration took the name
+            raise Conflict(f"an identity named {data.name!r} already exists") from exc
+        self._audit.record(session, ev.IDENTITY_REGISTERED, actor=actor, subject=row.id,
+                           ctx=ctx, data={"name": row.name, "kind": row.kind,
+                                          "owner": row.owner_id})
+        return row
+
+    def update(self, session: Session, identity_id: str, patch: IdentityUpdate, *,
+               actor: str | None, ctx: RequestContext | None = None) -> IdentityRow:
+        row = self.get(session, identity_id)
+        if row.status == "decommissioned":
+            raise Conflict("a decommissioned identity cannot be changed")
+        fields = patch.model_dump(exclude_unset=True)
+        if "expires_at" in fields:
+            self._check_expiry(row.kind, patch.expires_at)
+        if patch.attributes is not None:
+            self._check_attributes(patch.attributes)
+        self._check_lists(patch.allowed_scopes, patch.allowed_audiences)
+        for key, value in fields.items():
+            if value is None and key != "expires_at":
+                continue
+            setattr(row, key, value)
+        row.updated_at = self._clock.now()
+        self._audit.record(session, ev.IDENTITY_UPDATED, actor=actor, subject=row.id, ctx=ctx,
+                           data={"fields": sorted(fields)})
+        return row
+
+    def _set_status(self, session: Session, identity_id: str, status: str, event: str,
+                    actor: str | None, reason: str, ctx: RequestContext | None,
+                    allowed_from: tuple[str, ...]) -> IdentityRow:
+        row = self.get(session, identity_id)
+        if row.status not in allowed_from:
+            raise Conflict(f"identity is {row.status}; cannot change it to {status}",
+                           code="invalid_transition")
+        now = self._clock.now()
+        row.status, row.status_changed_at, row.status_changed_by = status, now, actor
+        row.status_reason, row.updated_at = reason or None, now
+        self._audit.record(session, event, actor=actor, subject=row.id, ctx=ctx,
+                           reasons=[reason] if reason else [])
+        return row
+
+    def suspend(self, session: Session, identity_id: str, *, actor: str | None,
+                reason: str = "", ctx: RequestContext | None = None) -> IdentityRow:
+        return self._set_status(session, identity_id, "suspended", ev.IDENTITY_SUSPENDED, actor,
+                                reason, ctx, ("active",))
+
+    def resume(self, session: Session, identity_id: str, *, actor: str | None,
+               reason: str = "", ctx: RequestContext | None = None) -> IdentityRow:
+        return self._set_status(session, identity_id, "active", ev.IDENTITY_RESUMED, actor,
+                                reason, ctx, ("suspended",))
+
+    def decommission(self, session: Session, identity_id: str, *, actor: str | None,
+                     reason: str = "", ctx: RequestContext | None = None) -> IdentityRow:
+        """Terminal: records who and why, revokes every credential, tells subscribers."""
+        row = self._set_status(session, identity_id, "decommissioned",
+                               ev.IDENTITY_DECOMMISSIONED, actor, reason, ctx,
+                               ("active", "suspended"))
+        now = self._clock.now()
+        session.execute(update(CredentialRow).where(
+            CredentialRow.identity_id == row.id, CredentialRow.status == "active")
+            .values(status="revoked", revoked_at=now))
+        session.execute(update(GrantRow).where(
+            GrantRow.identity_id == row.id,
+            or_(GrantRow.expires_at.is_(None), GrantRow.expires_at > now)).values(expires_at=now))
+        for hook in self._decommission_hooks:
+            hook(session, row, actor or "")
+        return row
+
+    def grant_role(self, session: Session, identity_id: str, role: str, *, actor: str | None,
+                   expires_at: datetime | None = None,
+                   ctx: RequestContext | None = None) -> GrantRow:
+        row = self.get(session, identity_id)
+        now = self._clock.now()
+        grant = GrantRow(id=new_id("grt", now), identity_id=row.id, role=role, granted_by=actor,
+                         created_at=now, expires_at=expires_at)
+        session.add(grant)
+        self._audit.record(session, ev.GRANT_ADDED, actor=actor, subject=row.id, ctx=ctx,
+                           resource=f"role:{role}")
+        return grant
+
+    # -- credentials ------------------------------------------------------------------------
+
+    def add_credential(self, session: Session, identity_id: str, data: CredentialCreate, *,
+                       actor: str | None, ctx: RequestContext | None = None) -> CredentialRow:
+        row = self.get(session, identity_id)
+        if not self.is_usable(row):
+            raise Conflict(f"identity is {row.status}; credentials cannot be added",
+                           code="identity_inactive")
+        public, kid, thumb = validate_public_jwk(data.jwk)
+        now = self._clock.now()
+        if data.expires_at is not None and data.expires_at <= now:
+            raise ValidationFailed("expires_at must be in the future")
+        existing = session.scalars(select(CredentialRow).where(
+            CredentialRow.identity_id == row.id,
+            or_(CredentialRow.kid == kid, CredentialRow.thumbprint == thumb))).first()
+        if existing is not None:
+            raise Conflict("this identity already has a credential with that key or kid")
+        expires = data.expires_at or row.expires_at
+        cred = CredentialRow(id=new_id("crd", now), identity_id=row.id, type="jwk", kid=kid,
+                             thumbprint=thumb, public_jwk=public, status="active",
+                             created_at=now, expires_at=expires)
+        session.add(cred)
+        self._audit.record(session, ev.CREDENTIAL_ADDED, actor=actor, subject=row.id, ctx=ctx,
+                           resource=f"credential:{cred.id}", data={"kid": kid,
+                                                                   "thumbprint": thumb})
+        return cred
+
+    def credentials(self, session: Session, identity_id: str) -> list[CredentialRow]:
+        row = self.get(session, identity_id)
+        return list(session.scalars(select(CredentialRow).where(
+            CredentialRow.identity_id == row.id).order_by(CredentialRow.id)))
+
+    def revoke_credential(self, session: Session, identity_id: str, credential_id: str, *,
+                          actor: str | None, ctx: RequestContext | None = None) -> CredentialRow:
+        row = self.get(session, identity_id)
+        cred = session.get(CredentialRow, credential_id)
+        if cred is None or cred.identity_id != row.id:
+            raise NotFound(f"credential {credential_id!r} not found on this identity")
+        if cred.status == "revoked":
+            return cred
+        cred.status, cred.revoked_at = "revoked", self._clock.now()
+        self._audit.record(session, ev.CREDENTIAL_REVOKED, actor=actor, subject=row.id, ctx=ctx,
+                           resource=f"credential:{cred.id}", data={"kid": cred.kid})
+        return cred
+
+    def usable_credentials(self, session: Session, identity_id: str,
+                           kid: str | None) -> list[CredentialRow]:
+        """Active, unexpired credentials of an identity (one kid, or all when kid is None)."""
+        now = self._clock.now()
+        q = select(CredentialRow).where(
+            CredentialRow.identity_id == identity_id, CredentialRow.status == "active",
+            or_(CredentialRow.expires_at.is_(None), CredentialRow.expires_at > now))
+        if kid is not None:
+            q = q.where(CredentialRow.kid == kid)
+        return list(session.scalars(q))
+
+    def touch(self, session: Session, identity: IdentityRow, cred: CredentialRow) -> None:
+        """Record use; written at most once a minute per row to keep the hot path light."""
+        now = self._clock.now()
+        if cred.last_used_at is None or now - cred.last_used_at > timedelta(seconds=60):
+            cred.last_used_at = now
+        if identity.last_seen_at is None or now - identity.last_seen_at > timedelta(seconds=60):
+            identity.last_seen_at = now

@@ -1,0 +1,1 @@
+"""OAuth 2.0 authorization server: one module per RFC, a service over them."""

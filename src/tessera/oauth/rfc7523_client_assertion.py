@@ -1,0 +1,152 @@
+"""JWT client authentication, `private_key_jwt` — https://www.rfc-editor.org/rfc/rfc7523#section-2.2
+
+Also RFC 7521 §4.2 (parameters) and §5.2 (assertion content). Every failure raises
+`InvalidClient` with the same message: the client learns nothing about which check failed.
+The precise reason goes to the audit log through `AssertionRejected.reason`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import JWKRegistry
+from joserfc.jws import extract_compact
+
+from tessera.errors import InvalidClient
+from tessera.identity.jwk_policy import algorithms_for
+from tessera.oauth.ports import Client, ClientKey, ClientStore, ReplayCache
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# Asymmetric algorithms only: `none` and HMAC (the key-confusion attack) never verify.
+ASSERTION_ALGS = frozenset({"ES256", "ES384", "ES512", "EdDSA", "Ed25519", "RS256", "RS384",
+                            "RS512", "PS256", "PS384", "PS512"})
+MAX_ASSERTION_BYTES = 8 * 1024
+
+
+class AssertionRejected(InvalidClient):
+    """Uniform `invalid_client` to the caller; `reason` is for the audit log only."""
+
+    def __init__(self, reason: str, client_id: str | None = None) -> None:
+        super().__init__()
+        self.reason = reason
+        self.client_id = client_id
+
+
+@dataclass
+class AuthenticatedClient:
+    client: Client
+    key: ClientKey
+    method: str
+    claims: dict[str, Any]
+
+
+def _int_claim(claims: dict[str, Any], name: str) -> int | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AssertionRejected(f"{name} is not a number")
+    return int(value)
+
+
+class ClientAssertionVerifier:
+    """Checks a client assertion against the client's registered keys and the replay cache."""
+
+    def __init__(self, clients: ClientStore, replay: ReplayCache, *, audiences: set[str],
+                 max_age: int = 300, leeway: int = 30) -> None:
+        self._clients = clients
+        self._replay = replay
+        self._audiences = audiences
+        self._max_age = max_age
+        self._leeway = leeway
+
+    def authenticate(self, form: dict[str, str], now: datetime) -> AuthenticatedClient:
+        assertion_type = form.get("client_assertion_type")
+        assertion = form.get("client_assertion")
+        if assertion_type is None and assertion is None:
+            raise AssertionRejected("no client authentication")
+        if assertion_type != ASSERTION_TYPE or not assertion:
+            raise AssertionRejected("unsupported client_assertion_type")
+        if len(assertion) > MAX_ASSERTION_BYTES:
+            raise AssertionRejected("assertion too large")
+        try:
+            compact = extract_compact(assertion.encode())
+            header = compact.protected
+            claims = json.loads(compact.payload)
+        except (JoseError, ValueError, TypeError) as exc:
+            raise AssertionRejected("malformed assertion") from exc
+        if not isinstance(claims, dict):
+            raise AssertionRejected("malformed assertion")
+        alg = header.get("alg")
+        if alg not in ASSERTION_ALGS:
+            raise AssertionRejected(f"algorithm {alg!r} not allowed")
+        if "jwk" in header or "jku" in header or "x5u" in header:
+            raise AssertionRejected("assertion header names its own key")
+        iss, sub = claims.get("iss"), claims.get("sub")
+        if not isinstance(iss, str) or iss != sub:
+            raise AssertionRejected("iss and sub must both be the client id")
+        form_client = form.get("client_id")
+        if form_client is not None and form_client != iss:
+            raise AssertionRejected("client_id does not match the assertion", iss)
+        client = self._clients.find_client(iss)
+        if client is None:
+            raise AssertionRejected("unknown client", iss)
+        if not client.usable:
+            raise AssertionRejected("client is not active", iss)
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise AssertionRejected("kid is not a string", iss)
+        keys = self._clients.client_keys(client, kid)
+        if not keys:
+            raise AssertionRejected("no usable key" + (f" with kid {kid}" if kid else ""), iss)
+        verified: dict[str, Any] | None = None
+        used: ClientKey | None = None
+        for key in keys:
+            if alg not in algorithms_for(key.jwk):
+                continue
+            try:
+                token = jwt.decode(assertion, JWKRegistry.import_key(key.jwk), algorithms=[alg])
+            except (JoseError, ValueError, TypeError):
+                continue
+            verified, used = dict(token.claims), key
+            break
+        if verified is None or used is None:
+            raise AssertionRejected("signature does not verify with a registered key", iss)
+        self._check_claims(verified, now, iss)
+        return AuthenticatedClient(client=client, key=used, method="private_key_jwt",
+                                   claims=verified)
+
+    def _check_claims(self, claims: dict[str, Any], now: datetime, client_id: str) -> None:
+        ts = now.timestamp()
+        aud = claims.get("aud")
+        auds = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        if not any(isinstance(a, str) and a in self._audiences for a in auds):
+            raise AssertionRejected("aud is not this server", client_id)
+        exp = _int_claim(claims, "exp")
+        iat = _int_claim(claims, "iat")
+        nbf = _int_claim(claims, "nbf")
+        if exp is None:
+            raise AssertionRejected("missing exp", client_id)
+        if exp <= ts:
+            raise AssertionRejected("assertion expired", client_id)
+        if iat is not None:
+            if iat > ts + self._leeway:
+                raise AssertionRejected("iat is in the future", client_id)
+            if exp - iat > self._max_age:
+                raise AssertionRejected("assertion lifetime exceeds the maximum", client_id)
+        elif exp - ts > self._max_age:
+            raise AssertionRejected("assertion lifetime exceeds the maximum", client_id)
+        if nbf is not None and nbf > ts + self._leeway:
+            raise AssertionRejected("assertion not yet valid", client_id)
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not 0 < len(jti) <= 200:
+            raise AssertionRejected("missing or invalid jti", client_id)
+        # RFC 7523 §3 item 7: a jti is single-use until the assertion expires.
+        expires = datetime.fromtimestamp(exp, timezone.utc) + timedelta(seconds=self._leeway)
+        if not self._replay.use_once(client_id, jti, expires):
+            raise AssertionRejected("jti replayed", client_id)

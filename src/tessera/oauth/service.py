@@ -1,0 +1,176 @@
+"""The token endpoint's logic (RFC 6749 §4.4 client credentials) over the registry and keys."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import delete
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from tessera.audit import AuditService, RequestContext
+from tessera.audit import events as ev
+from tessera.clock import Clock
+from tessera.config import TokenSettings
+from tessera.errors import InvalidRequest, OAuthError
+from tessera.identity import IdentityService
+from tessera.identity.schemas import SCOPE_TOKEN
+from tessera.keys.service import KeyService
+from tessera.oauth import rfc9068_access_token as at
+from tessera.oauth.models import UsedJTIRow
+from tessera.oauth.ports import Client, ClientKey
+from tessera.oauth.rfc7523_client_assertion import AssertionRejected, ClientAssertionVerifier
+
+_SCOPE_RE = re.compile(SCOPE_TOKEN)
+
+
+class SqlClients:
+    """ClientStore over the identity registry, bound to one session."""
+
+    def __init__(self, session: Session, identities: IdentityService) -> None:
+        self._session = session
+        self._identities = identities
+
+    def find_client(self, client_id: str) -> Client | None:
+        row = self._identities.find(self._session, client_id)
+        if row is None:
+            return None
+        return Client(client_id=row.id, usable=self._identities.is_usable(row),
+                      allowed_scopes=list(row.allowed_scopes),
+                      allowed_audiences=list(row.allowed_audiences), expires_at=row.expires_at,
+                      handle=row)
+
+    def client_keys(self, client: Client, kid: str | None) -> list[ClientKey]:
+        creds = self._identities.usable_credentials(self._session, client.client_id, kid)
+        return [ClientKey(kid=c.kid, jwk=c.public_jwk, handle=c) for c in creds]
+
+
+class SqlReplayCache:
+    """ReplayCache on a table with a primary key: one insert wins across every node."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def use_once(self, issuer: str, jti: str, expires_at: datetime) -> bool:
+        dialect = self._session.get_bind().dialect.name
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        stmt = insert(UsedJTIRow).values(issuer=issuer, jti=jti, expires_at=expires_at)
+        result = self._session.execute(stmt.on_conflict_do_nothing())
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def purge(session: Session, now: datetime) -> int:
+        result = session.execute(delete(UsedJTIRow).where(UsedJTIRow.expires_at < now))
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+@dataclass
+class TokenResponse:
+    body: dict[str, Any]
+    claims: dict[str, Any]
+
+
+class TokenService:
+    """Authenticates clients and issues RFC 9068 access tokens."""
+
+    def __init__(self, *, issuer: str, clock: Clock, keys: KeyService,
+                 identities: IdentityService, audit: AuditService,
+                 settings: TokenSettings) -> None:
+        self.issuer = issuer
+        self.token_endpoint = f"{issuer}/oauth2/token"
+        self._clock = clock
+        self._keys = keys
+        self._identities = identities
+        self._audit = audit
+        self._settings = settings
+
+    def verifier(self, session: Session) -> ClientAssertionVerifier:
+        return ClientAssertionVerifier(
+            SqlClients(session, self._identities), SqlReplayCache(session),
+            audiences={self.issuer, self.token_endpoint},
+            max_age=self._settings.assertion_max_age, leeway=self._settings.leeway)
+
+    def token(self, session: Session, form: dict[str, str], resources: list[str],
+              ctx: RequestContext) -> TokenResponse:
+        grant_type = form.get("grant_type")
+        if not grant_type:
+            raise InvalidRequest("grant_type is required")
+        now = self._clock.now()
+        authn = self.verifier(session).authenticate(form, now)
+        if grant_type != "client_credentials":
+            raise OAuthError("unsupported_grant_type",
+                             f"grant_type {grant_type!r} is not supported")
+        client = authn.client
+        scope = self._grant_scope(form.get("scope"), client)
+        audience = self._audience(resources, client)
+        ttl = min(self._settings.default_ttl, self._settings.max_ttl)
+        if client.expires_at is not None:
+            ttl = min(ttl, int((client.expires_at - now).total_seconds()))
+        issued = at.issue(self._keys.signer(), issuer=self.issuer, subject=client.client_id,
+                          client_id=client.client_id, audience=audience, scope=scope, now=now,
+                          ttl=ttl)
+        self._identities.touch(session, client.handle, authn.key.handle)
+        self._audit.record(session, ev.TOKEN_ISSUED, actor=client.client_id,
+                           subject=client.client_id, action="client_credentials",
+                           resource=audience if isinstance(audience, str) else " ".join(audience),
+                           ctx=ctx, data={"jti": issued.jti, "scope": scope or "",
+                                          "exp": issued.claims["exp"],
+                                          "method": authn.method, "kid": authn.key.kid})
+        body: dict[str, Any] = {"access_token": issued.token, "token_type": "Bearer",
+                                "expires_in": ttl}
+        if scope:
+            body["scope"] = scope
+        return TokenResponse(body, issued.claims)
+
+    def record_refusal(self, session: Session, err: OAuthError, form: dict[str, str],
+                       ctx: RequestContext) -> None:
+        """Audit a refused request in its own transaction (the failed one was rolled back)."""
+        client_id = getattr(err, "client_id", None) or form.get("client_id")
+        reason = getattr(err, "reason", None) or err.description or err.error
+        self._audit.record(session, ev.TOKEN_REFUSED, outcome="failure", actor=client_id,
+                           subject=client_id, action=form.get("grant_type"), ctx=ctx,
+                           reasons=[reason], data={"error": err.error})
+
+    @staticmethod
+    def _grant_scope(requested: str | None, client: Client) -> str | None:
+        allowed = set(client.allowed_scopes)
+        if requested is None:
+            return " ".join(sorted(allowed)) or None
+        wanted = requested.split(" ")
+        if not requested or any(not _SCOPE_RE.match(s) for s in wanted):
+            raise OAuthError("invalid_scope", "scope is malformed")
+        outside = sorted(set(wanted) - allowed)
+        if outside:
+            raise OAuthError("invalid_scope", f"scope not allowed for this client: "
+                             f"{' '.join(outside)}")
+        return " ".join(dict.fromkeys(wanted))
+
+    def _audience(self, resources: list[str], client: Client) -> str | list[str]:
+        if not resources:
+            return self.issuer
+        allowed = set(client.allowed_audiences) | {self.issuer}
+        for r in resources:
+            parts = urlsplit(r)
+            # RFC 8707 §2: an absolute URI without a fragment.
+            if not parts.scheme or parts.fragment:
+                raise OAuthError("invalid_target", "resource must be an absolute URI")
+            if r not in allowed:
+                raise OAuthError("invalid_target", "resource not allowed for this client")
+        unique = list(dict.fromkeys(resources))
+        return unique[0] if len(unique) == 1 else unique
+
+    def authenticate_bearer(self, token: str) -> dict[str, Any]:
+        """Validate one of our own access tokens for Tessera's API (audience = issuer)."""
+        return at.validate(token, self._keys.keyset(), issuer=self.issuer, audience=self.issuer,
+                           now=self._clock.now(), leeway=self._settings.leeway)
+
+    def purge_expired(self, session: Session) -> int:
+        return SqlReplayCache.purge(session, self._clock.now() - timedelta(seconds=5))
+
+
+__all__ = ["AssertionRejected", "TokenService"]
