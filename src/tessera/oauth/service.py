@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,7 +25,8 @@ from tessera.keys.service import KeyService
 from tessera.oauth import rfc9068_access_token as at
 from tessera.oauth.models import UsedJTIRow
 from tessera.oauth.ports import Client, ClientKey
-from tessera.oauth.rfc7523_client_assertion import AssertionRejected, ClientAssertionVerifier
+from tessera.oauth.rfc7523_client_assertion import (AssertionRejected, AuthenticatedClient,
+                                                    ClientAssertionVerifier)
 
 _SCOPE_RE = re.compile(SCOPE_TOKEN)
 
@@ -75,8 +77,32 @@ class TokenResponse:
     claims: dict[str, Any]
 
 
+@dataclass
+class TokenRequest:
+    """One token request as the grant handlers see it (transport details included)."""
+
+    session: Session
+    form: dict[str, str]
+    resources: list[str]
+    ctx: RequestContext
+    now: datetime
+    method: str = "POST"
+    url: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    client_cert: bytes | None = None  # DER of a verified TLS client certificate, if any
+
+
+GrantHandler = Callable[[TokenRequest], TokenResponse]
+ClientAuthenticator = Callable[[TokenRequest], "AuthenticatedClient | None"]
+
+
 class TokenService:
-    """Authenticates clients and issues RFC 9068 access tokens."""
+    """Authenticates clients and issues RFC 9068 access tokens.
+
+    Grant types and client-authentication methods are pluggable: `grants` maps a grant_type to
+    its handler, `authenticators` are tried in order (each returns None when the request does
+    not use its method). The built-ins are client_credentials and private_key_jwt.
+    """
 
     def __init__(self, *, issuer: str, clock: Clock, keys: KeyService,
                  identities: IdentityService, audit: AuditService,
@@ -88,6 +114,8 @@ class TokenService:
         self._identities = identities
         self._audit = audit
         self._settings = settings
+        self.grants: dict[str, GrantHandler] = {"client_credentials": self._client_credentials}
+        self.authenticators: list[ClientAuthenticator] = [self._private_key_jwt]
 
     def verifier(self, session: Session) -> ClientAssertionVerifier:
         return ClientAssertionVerifier(
@@ -96,32 +124,67 @@ class TokenService:
             max_age=self._settings.assertion_max_age, leeway=self._settings.leeway)
 
     def token(self, session: Session, form: dict[str, str], resources: list[str],
-              ctx: RequestContext) -> TokenResponse:
+              ctx: RequestContext, **transport: Any) -> TokenResponse:
         grant_type = form.get("grant_type")
         if not grant_type:
             raise InvalidRequest("grant_type is required")
-        now = self._clock.now()
-        authn = self.verifier(session).authenticate(form, now)
-        if grant_type != "client_credentials":
+        req = TokenRequest(session=session, form=form, resources=resources, ctx=ctx,
+                           now=self._clock.now(), **transport)
+        handler = self.grants.get(grant_type)
+        if handler is None:
+            # Authenticate first so an unauthenticated caller learns nothing more.
+            self.authenticate_client(req)
             raise OAuthError("unsupported_grant_type",
                              f"grant_type {grant_type!r} is not supported")
+        return handler(req)
+
+    def authenticate_client(self, req: TokenRequest) -> AuthenticatedClient:
+        for authenticator in self.authenticators:
+            result = authenticator(req)
+            if result is not None:
+                return result
+        raise AssertionRejected("no client authentication")
+
+    def _private_key_jwt(self, req: TokenRequest) -> AuthenticatedClient | None:
+        if "client_assertion" not in req.form and "client_assertion_type" not in req.form:
+            return None
+        return self.verifier(req.session).authenticate(req.form, req.now)
+
+    def _client_credentials(self, req: TokenRequest) -> TokenResponse:
+        """RFC 6749 §4.4."""
+        authn = self.authenticate_client(req)
         client = authn.client
-        scope = self._grant_scope(form.get("scope"), client)
-        audience = self._audience(resources, client)
+        scope = self.grant_scope(req.form.get("scope"), client)
+        audience = self.audience(req.resources, client)
+        self._identities.touch(req.session, client.handle, authn.key.handle)
+        return self.issue(req, subject=client.client_id, client=client, scope=scope,
+                          audience=audience, action="client_credentials",
+                          data={"method": authn.method, "kid": authn.key.kid})
+
+    def lifetime(self, client: Client, now: datetime, cap: int | None = None) -> int:
+        """Default lifetime, never above the maximum, the client's expiry or `cap`."""
         ttl = min(self._settings.default_ttl, self._settings.max_ttl)
         if client.expires_at is not None:
             ttl = min(ttl, int((client.expires_at - now).total_seconds()))
-        issued = at.issue(self._keys.signer(), issuer=self.issuer, subject=client.client_id,
-                          client_id=client.client_id, audience=audience, scope=scope, now=now,
-                          ttl=ttl)
-        self._identities.touch(session, client.handle, authn.key.handle)
-        self._audit.record(session, ev.TOKEN_ISSUED, actor=client.client_id,
-                           subject=client.client_id, action="client_credentials",
+        if cap is not None:
+            ttl = min(ttl, cap)
+        return max(ttl, 0)
+
+    def issue(self, req: TokenRequest, *, subject: str, client: Client, scope: str | None,
+              audience: str | list[str], action: str, data: dict[str, Any] | None = None,
+              extra_claims: dict[str, Any] | None = None, ttl: int | None = None,
+              token_type: str = "Bearer") -> TokenResponse:
+        """Sign an access token and audit it in the request's transaction."""
+        ttl = self.lifetime(client, req.now) if ttl is None else ttl
+        issued = at.issue(self._keys.signer(), issuer=self.issuer, subject=subject,
+                          client_id=client.client_id, audience=audience, scope=scope,
+                          now=req.now, ttl=ttl, extra=extra_claims)
+        self._audit.record(req.session, ev.TOKEN_ISSUED, actor=client.client_id,
+                           subject=subject, action=action,
                            resource=audience if isinstance(audience, str) else " ".join(audience),
-                           ctx=ctx, data={"jti": issued.jti, "scope": scope or "",
-                                          "exp": issued.claims["exp"],
-                                          "method": authn.method, "kid": authn.key.kid})
-        body: dict[str, Any] = {"access_token": issued.token, "token_type": "Bearer",
+                           ctx=req.ctx, data={"jti": issued.jti, "scope": scope or "",
+                                              "exp": issued.claims["exp"], **(data or {})})
+        body: dict[str, Any] = {"access_token": issued.token, "token_type": token_type,
                                 "expires_in": ttl}
         if scope:
             body["scope"] = scope
@@ -137,7 +200,7 @@ class TokenService:
                            reasons=[reason], data={"error": err.error})
 
     @staticmethod
-    def _grant_scope(requested: str | None, client: Client) -> str | None:
+    def grant_scope(requested: str | None, client: Client) -> str | None:
         allowed = set(client.allowed_scopes)
         if requested is None:
             return " ".join(sorted(allowed)) or None
@@ -150,7 +213,7 @@ class TokenService:
                              f"{' '.join(outside)}")
         return " ".join(dict.fromkeys(wanted))
 
-    def _audience(self, resources: list[str], client: Client) -> str | list[str]:
+    def audience(self, resources: list[str], client: Client) -> str | list[str]:
         if not resources:
             return self.issuer
         allowed = set(client.allowed_audiences) | {self.issuer}

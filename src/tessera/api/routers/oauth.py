@@ -43,10 +43,10 @@ def parse_form(request: Request, body: bytes) -> tuple[dict[str, str], list[str]
 
 
 def _issue(services: Services, form: dict[str, str], resources: list[str],
-           ctx: RequestContext) -> dict[str, Any]:
+           ctx: RequestContext, transport: dict[str, Any]) -> dict[str, Any]:
     with services.sessions() as session:
         try:
-            result = services.tokens.token(session, form, resources, ctx)
+            result = services.tokens.token(session, form, resources, ctx, **transport)
             session.commit()
             return result.body
         except OAuthError as err:
@@ -64,7 +64,9 @@ async def token(request: Request) -> JSONResponse:
     ctx = request_context(request)
     try:
         form, resources = parse_form(request, await request.body())
-        body = await run_in_threadpool(_issue, services, form, resources, ctx)
+        transport = {"method": request.method, "url": str(request.url),
+                     "headers": {k.lower(): v for k, v in request.headers.items()}}
+        body = await run_in_threadpool(_issue, services, form, resources, ctx, transport)
     except OAuthError as err:
         return oauth_error_response(err)
     return JSONResponse(body, headers=NO_STORE)
