@@ -143,6 +143,7 @@ class Actor:
                                   "iat": now, "exp": now + 60, "jti": secrets.token_hex(8)}
         header: dict[str, Any] = {"alg": "ES256", "kid": self.kid}
         header.update(overrides.pop("_header", {}))
+        header = {k: v for k, v in header.items() if v is not None}
         key = overrides.pop("_key", self.key)
         for k, v in overrides.items():
             if v is None:

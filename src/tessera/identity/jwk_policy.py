@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 from joserfc.errors import JoseError
@@ -20,6 +22,14 @@ ALGS_BY_KTY = {
 }
 
 
+def _b64u_bits(value: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (ValueError, binascii.Error):
+        return 0
+    return int.from_bytes(raw, "big").bit_length()
+
+
 def validate_public_jwk(data: Any) -> tuple[dict[str, Any], str, str]:
     """Check a JWK is an acceptable public key; return (clean jwk, kid, RFC 7638 thumbprint)."""
     if not isinstance(data, dict):
@@ -34,14 +44,19 @@ def validate_public_jwk(data: Any) -> tuple[dict[str, Any], str, str]:
         raise ValidationFailed(
             f"unsupported key type or curve ({kty}/{crv}); use EC P-256/P-384/P-521, "
             "Ed25519 or RSA of at least 2048 bits")
+    if kty == "RSA":
+        n = data.get("n")
+        if not isinstance(n, str):
+            raise ValidationFailed("the JWK could not be parsed as a public key")
+        # Check the size before joserfc sees it (it only warns about small keys).
+        if _b64u_bits(n) < MIN_RSA_BITS:
+            raise ValidationFailed(f"RSA keys must be at least {MIN_RSA_BITS} bits")
     try:
         key = JWKRegistry.import_key(dict(data))
     except (JoseError, ValueError, TypeError, KeyError) as exc:
         raise ValidationFailed("the JWK could not be parsed as a public key") from exc
     if not isinstance(key, (ECKey, OKPKey, RSAKey)) or key.is_private:
         raise ValidationFailed("the JWK is not an acceptable public key")
-    if isinstance(key, RSAKey) and key.raw_value.key_size < MIN_RSA_BITS:
-        raise ValidationFailed(f"RSA keys must be at least {MIN_RSA_BITS} bits")
     alg = data.get("alg")
     if alg is not None and alg not in ALGS_BY_KTY[(kty, crv)]:
         raise ValidationFailed(f"alg {alg!r} does not fit a {kty} key")

@@ -62,8 +62,9 @@ class SqlReplayCache:
         dialect = self._session.get_bind().dialect.name
         insert = pg_insert if dialect == "postgresql" else sqlite_insert
         stmt = insert(UsedJTIRow).values(issuer=issuer, jti=jti, expires_at=expires_at)
-        result = self._session.execute(stmt.on_conflict_do_nothing())
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        # RETURNING, not rowcount: psycopg reports -1 for ON CONFLICT DO NOTHING.
+        stmt = stmt.on_conflict_do_nothing().returning(UsedJTIRow.jti)
+        return self._session.execute(stmt).first() is not None
 
     @staticmethod
     def purge(session: Session, now: datetime) -> int:
