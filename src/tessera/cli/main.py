@@ -26,8 +26,8 @@ app.add_typer(credential_app, name="credential")
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 DataDir = Annotated[Optional[Path], typer.Option(
     "--data-dir", help="Data directory (default $TESSERA_DATA_DIR or ./.tessera).")]
