@@ -36,6 +36,27 @@ def new_id(prefix: str, now: datetime) -> str:
     return f"{prefix}_{int(now.timestamp() * 1000):012x}{secrets.token_hex(4)}"
 
 
+@dataclass
+class KeyView:
+    id: str
+    kid: str
+    jwk: dict[str, Any]
+    last_used_at: datetime | None
+
+
+@dataclass
+class ClientView:
+    """What client authentication needs about an identity, read in one query."""
+
+    id: str
+    usable: bool
+    allowed_scopes: list[str]
+    allowed_audiences: list[str]
+    expires_at: datetime | None
+    last_seen_at: datetime | None
+    keys: list[KeyView]
+
+
 @dataclass(frozen=True)
 class IdentityRules:
     trust_domain: str
@@ -318,10 +339,35 @@ class IdentityService:
             q = q.where(CredentialRow.kid == kid)
         return list(session.scalars(q))
 
-    def touch(self, session: Session, identity: IdentityRow, cred: CredentialRow) -> None:
+    def client_view(self, session: Session, identity_id: str) -> ClientView | None:
+        """The identity and its usable keys in one round trip (the token endpoint's hot path)."""
+        now = self._clock.now()
+        i, c = IdentityRow.__table__.c, CredentialRow.__table__.c
+        rows = session.execute(
+            select(i.id, i.status, i.expires_at, i.allowed_scopes, i.allowed_audiences,
+                   i.last_seen_at, c.id.label("cid"), c.kid, c.public_jwk,
+                   c.expires_at.label("cexp"), c.last_used_at)
+            .select_from(IdentityRow.__table__.outerjoin(
+                CredentialRow.__table__, (c.identity_id == i.id) & (c.status == "active")))
+            .where(i.id == identity_id)).all()
+        if not rows:
+            return None
+        first = rows[0]
+        usable = first.status == "active" and (first.expires_at is None or
+                                                first.expires_at > now)
+        keys = [KeyView(r.cid, r.kid, r.public_jwk, r.last_used_at) for r in rows
+                if r.cid is not None and (r.cexp is None or r.cexp > now)]
+        return ClientView(first.id, usable, list(first.allowed_scopes),
+                          list(first.allowed_audiences), first.expires_at, first.last_seen_at,
+                          keys)
+
+    def touch(self, session: Session, client: ClientView, key: KeyView) -> None:
         """Record use; written at most once a minute per row to keep the hot path light."""
         now = self._clock.now()
-        if cred.last_used_at is None or now - cred.last_used_at > timedelta(seconds=60):
-            cred.last_used_at = now
-        if identity.last_seen_at is None or now - identity.last_seen_at > timedelta(seconds=60):
-            identity.last_seen_at = now
+        stale = timedelta(seconds=60)
+        if key.last_used_at is None or now - key.last_used_at > stale:
+            session.execute(update(CredentialRow).where(CredentialRow.id == key.id)
+                            .values(last_used_at=now))
+        if client.last_seen_at is None or now - client.last_seen_at > stale:
+            session.execute(update(IdentityRow).where(IdentityRow.id == client.id)
+                            .values(last_seen_at=now))

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import JWKRegistry
+from joserfc.jwk import JWKRegistry, Key
 from joserfc.jws import extract_compact
 
 from tessera.errors import InvalidClient
@@ -26,6 +27,16 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGS = frozenset({"ES256", "ES384", "ES512", "EdDSA", "Ed25519", "RS256", "RS384",
                             "RS512", "PS256", "PS384", "PS512"})
 MAX_ASSERTION_BYTES = 8 * 1024
+
+
+@lru_cache(maxsize=4096)
+def _import_cached(jwk_json: str) -> Key:
+    return JWKRegistry.import_key(json.loads(jwk_json))
+
+
+def import_public_key(jwk: dict[str, Any]) -> Key:
+    """Import a registered public JWK once and reuse it (imports cost as much as a verify)."""
+    return _import_cached(json.dumps(jwk, sort_keys=True))
 
 
 class AssertionRejected(InvalidClient):
@@ -110,7 +121,7 @@ class ClientAssertionVerifier:
             if alg not in algorithms_for(key.jwk):
                 continue
             try:
-                token = jwt.decode(assertion, JWKRegistry.import_key(key.jwk), algorithms=[alg])
+                token = jwt.decode(assertion, import_public_key(key.jwk), algorithms=[alg])
             except (JoseError, ValueError, TypeError):
                 continue
             verified, used = dict(token.claims), key

@@ -39,17 +39,17 @@ class SqlClients:
         self._identities = identities
 
     def find_client(self, client_id: str) -> Client | None:
-        row = self._identities.find(self._session, client_id)
-        if row is None:
+        view = self._identities.client_view(self._session, client_id)
+        if view is None:
             return None
-        return Client(client_id=row.id, usable=self._identities.is_usable(row),
-                      allowed_scopes=list(row.allowed_scopes),
-                      allowed_audiences=list(row.allowed_audiences), expires_at=row.expires_at,
-                      handle=row)
+        return Client(client_id=view.id, usable=view.usable,
+                      allowed_scopes=view.allowed_scopes,
+                      allowed_audiences=view.allowed_audiences, expires_at=view.expires_at,
+                      handle=view)
 
     def client_keys(self, client: Client, kid: str | None) -> list[ClientKey]:
-        creds = self._identities.usable_credentials(self._session, client.client_id, kid)
-        return [ClientKey(kid=c.kid, jwk=c.public_jwk, handle=c) for c in creds]
+        return [ClientKey(kid=k.kid, jwk=k.jwk, handle=k) for k in client.handle.keys
+                if kid is None or k.kid == kid]
 
 
 class SqlReplayCache:

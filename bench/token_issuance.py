@@ -1,0 +1,165 @@
+"""Token issuance benchmark: client_credentials + private_key_jwt against a running server.
+
+Starts `tessera serve --workers W` on a fresh data directory (SQLite by default, or PostgreSQL
+with --database-url), registers agents, pre-signs their client assertions (client cost is not
+the server's), then drives the token endpoint with concurrent HTTP requests. Prints tokens/s,
+p50/p99 latency, server CPU per issued token (from /proc, all worker processes), and beside them
+the raw cost of one ES256 sign (Tessera's signer) plus one verify (joserfc), measured here.
+
+    .venv/bin/python bench/token_issuance.py [--requests 4000] [--workers 2] [--concurrency 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+from joserfc import jwt
+from joserfc.jwk import ECKey
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_seconds, free_port, per_call, percentile, process_tree  # noqa: E402
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+def raw_sign_verify_cost() -> tuple[float, float]:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tessera.keys.jws import sign_compact
+    from tessera.keys.software import SoftwareSigner, public_jwk_of
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    signer = SoftwareSigner("k", "ES256", private)
+    claims = {"iss": "x", "sub": "y", "aud": "z", "exp": 2_000_000_000, "iat": 1, "jti": "j",
+              "client_id": "y", "scope": "read"}
+    token = sign_compact(signer, claims, typ="at+jwt")
+    pub = ECKey.import_key(public_jwk_of(private.public_key(), "k", "ES256"))
+    sign = per_call(lambda: sign_compact(signer, claims, typ="at+jwt"), 500)
+    verify = per_call(lambda: jwt.decode(token, pub, algorithms=["ES256"]), 500)
+    return sign, verify
+
+
+def prepare(data_dir: Path, database_url: str | None, agents: int) -> list[tuple[str, ECKey]]:
+    from tessera.bootstrap import init
+    from tessera.config import Settings
+    from tessera.container import build
+    from tessera.identity.schemas import CredentialCreate, IdentityCreate
+
+    settings = Settings(data_dir=data_dir, database_url=database_url)
+    report = init(settings)
+    svc = build(settings)
+    out = []
+    with svc.sessions() as s:
+        for i in range(agents):
+            key = ECKey.generate_key("P-256", private=True)
+            row = svc.identities.register(s, IdentityCreate(
+                name=f"bench-{secrets.token_hex(4)}-{i}", kind="agent", owner=report.admin_id,
+                purpose="benchmark", expires_at=datetime.now(timezone.utc) + timedelta(days=1),
+                allowed_scopes=["read"]), actor="bench")
+            svc.identities.add_credential(s, row.id, CredentialCreate(
+                jwk=key.as_dict(private=False)), actor="bench")
+            out.append((row.id, key))
+        s.commit()
+    svc.close()
+    return out
+
+
+def assertions(agents: list[tuple[str, ECKey]], endpoint: str, n: int) -> list[dict[str, str]]:
+    now = int(time.time())
+    forms = []
+    for i in range(n):
+        client_id, key = agents[i % len(agents)]
+        claims = {"iss": client_id, "sub": client_id, "aud": endpoint, "iat": now,
+                  "exp": now + 290, "jti": secrets.token_urlsafe(12)}
+        forms.append({"grant_type": "client_credentials", "client_assertion_type":
+                      ASSERTION_TYPE, "client_assertion": jwt.encode(
+                          {"alg": "ES256", "kid": key.thumbprint()}, claims, key)})
+    return forms
+
+
+async def drive(url: str, forms: list[dict[str, str]], concurrency: int) -> list[float]:
+    latencies: list[float] = []
+    queue = list(reversed(forms))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        async def worker() -> None:
+            while queue:
+                form = queue.pop()
+                start = time.perf_counter()
+                resp = await client.post("/oauth2/token", data=form)
+                latencies.append(time.perf_counter() - start)
+                if resp.status_code != 200:
+                    raise SystemExit(f"token request failed: {resp.status_code} {resp.text}")
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--agents", type=int, default=20)
+    parser.add_argument("--database-url", default=None,
+                        help="PostgreSQL URL (a scratch database: tables are created in it)")
+    args = parser.parse_args()
+
+    sign, verify = raw_sign_verify_cost()
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        agents = prepare(data_dir, args.database_url, args.agents)
+        env = {**os.environ, "TESSERA_DATA_DIR": str(data_dir), "TESSERA_PORT": str(port)}
+        if args.database_url:
+            env["TESSERA_DATABASE_URL"] = args.database_url
+        server = subprocess.Popen([sys.executable, "-m", "tessera.cli.main", "serve",
+                                   "--workers", str(args.workers), "--log-level", "warning"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+                if time.monotonic() > deadline:
+                    raise SystemExit("server did not start")
+            endpoint = f"{url}/oauth2/token"
+            asyncio.run(drive(url, assertions(agents, endpoint, 200), args.concurrency))  # warm
+            forms = assertions(agents, endpoint, args.requests)
+            pids = process_tree(server.pid)
+            cpu0, t0 = cpu_seconds(pids), time.perf_counter()
+            latencies = asyncio.run(drive(url, forms, args.concurrency))
+            elapsed, cpu = time.perf_counter() - t0, cpu_seconds(pids) - cpu0
+        finally:
+            server.terminate()
+            server.wait(timeout=15)
+
+    n = len(latencies)
+    db = "PostgreSQL" if args.database_url else "SQLite"
+    print(f"token issuance: client_credentials + private_key_jwt, ES256, audit on, {db}, "
+          f"{args.workers} workers, concurrency {args.concurrency}, {os.cpu_count()} cores")
+    print(f"  tokens/s            {n / elapsed:10.0f}")
+    print(f"  latency p50         {percentile(latencies, 50) * 1e3:10.2f} ms")
+    print(f"  latency p99         {percentile(latencies, 99) * 1e3:10.2f} ms")
+    print(f"  server CPU / token  {cpu / n * 1e6:10.0f} us")
+    print(f"  raw sign + verify   {(sign + verify) * 1e6:10.0f} us  (sign {sign * 1e6:.0f}, "
+          f"verify {verify * 1e6:.0f})")
+    print(f"  ratio server CPU / raw crypto  {cpu / n / (sign + verify):6.1f}x")
+
+
+if __name__ == "__main__":
+    main()
