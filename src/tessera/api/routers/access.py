@@ -193,10 +193,12 @@ def show_approval(approval_id: str, session: DbSession, services: ServicesDep,
 
 
 @approvals_router.get("/{approval_id}/wait", response_model=ApprovalRead)
-def wait_approval(approval_id: str, request: Request, services: ServicesDep,
-                  subject: CurrentSubject,
+def wait_approval(approval_id: str, request: Request, session: DbSession,
+                  services: ServicesDep, subject: CurrentSubject,
                   timeout: Annotated[float, Query(ge=0, le=60)] = 30) -> ApprovalRead:
     """Long-poll until decided (the requester gets the approval reference, once)."""
+    # Hold no transaction (nor SQLite's write lock) while waiting.
+    session.rollback()
     return services.approvals.wait(approval_id, actor=subject, timeout=timeout,
                                    ctx=request_context(request, subject))
 
