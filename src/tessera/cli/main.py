@@ -361,5 +361,10 @@ def db_upgrade(data_dir: DataDir = None) -> None:
     out.print("database schema up to date")
 
 
+from tessera.cli.access import access_app, secrets_app  # noqa: E402 - needs the helpers above
+
+app.add_typer(access_app, name="access")
+app.add_typer(secrets_app, name="secrets")
+
 if __name__ == "__main__":  # pragma: no cover
     app()
