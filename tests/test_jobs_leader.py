@@ -81,3 +81,61 @@ def test_leader_lock_is_exclusive_on_postgresql(nodes: list[Services], db_url: s
             assert second is (not db_url.startswith("postgresql"))
     with leader_lock(nodes[1].engine, "x") as again:
         assert again is True
+
+
+NODE_SCRIPT = """
+from tessera.config import Settings
+from tessera.container import build
+from tessera.db.meta import set_meta
+from tessera.jobs import exclusive_job
+
+settings = Settings()
+svc = build(settings)
+
+def body():
+    with svc.sessions() as session:
+        set_meta(session, "ran-" + settings.node_id, "1")
+        session.commit()
+
+job = exclusive_job("two-process", 3600, body, engine=svc.engine, sessions=svc.sessions,
+                    clock=svc.clock, node_id=settings.node_id)
+print("ran" if job.run() else "skipped")
+svc.close()
+"""
+
+
+@pytest.mark.slow
+def test_two_server_processes_run_a_job_once(db_url: str, master_key: bytes,
+                                             tmp_path: object) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from sqlalchemy import select
+
+    from tessera.db import make_engine, make_session_factory
+    from tessera.db.meta import MetaRow
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("several server processes share PostgreSQL, not SQLite")
+    procs = []
+    for node in ("proc-a", "proc-b"):
+        env = {**os.environ, "TESSERA_DATABASE_URL": db_url, "TESSERA_NODE_ID": node,
+               "TESSERA_MASTER_KEY": master_key.decode(),
+               "TESSERA_DATA_DIR": str(tmp_path)}
+        procs.append(subprocess.Popen([sys.executable, "-c", NODE_SCRIPT], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    outputs = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        outputs.append(stdout.strip())
+    assert sorted(outputs) == ["ran", "skipped"]
+    engine = make_engine(db_url)
+    try:
+        with make_session_factory(engine)() as session:
+            ran = session.scalars(select(MetaRow.key).where(MetaRow.key.like("ran-%"))).all()
+    finally:
+        engine.dispose()
+    assert len(ran) == 1
