@@ -168,13 +168,13 @@ class AccessService:
             self._identities.has_role(session, requester, ADMIN_ROLE)
         refusal: tuple[str, str, int] | None = None
         if not allowed:
-            refusal = ("not_permitted", "only the identity, its owner or an admin may ask for "
-                       "access on its behalf", 403)
+            refusal = ("not_permitted", ("only the identity, its owner or an admin may ask "
+                                         "for access on its behalf"), 403)
         elif not self._identities.is_usable(identity):
             refusal = ("identity_inactive", f"identity is {identity.status}", 403)
         elif data.duration > role.max_duration:
-            refusal = ("duration_above_cap", f"duration is above this role's cap of "
-                       f"{role.max_duration} s", 422)
+            refusal = ("duration_above_cap",
+                       f"duration is above this role's cap of {role.max_duration} s", 422)
         if refusal:
             self._audit.record(session, ev.ACCESS_REQUEST_CREATED, outcome="failure",
                                actor=requester, subject=identity.id, resource=target, ctx=ctx,

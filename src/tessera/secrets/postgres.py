@@ -57,7 +57,7 @@ def scram_matches(password: str, verifier: str) -> bool:
     """Does `password` produce `verifier` (as stored in pg_authid.rolpassword)?"""
     try:
         _, rest = verifier.split("$", 1)
-        iter_salt, keys = rest.split("$", 1)
+        iter_salt, _keys = rest.split("$", 1)
         iterations, salt = iter_salt.split(":", 1)
         expected = scram_sha256_verifier(password, base64.b64decode(salt), int(iterations))
     except (ValueError, TypeError):
