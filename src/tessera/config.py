@@ -25,6 +25,23 @@ class IdentitySettings(BaseModel):
     max_expiry_days: int = Field(90, ge=1, le=3650)
 
 
+class AccessSettings(BaseModel):
+    request_ttl: int = Field(86400, ge=60, le=30 * 86400,
+                             description="how long an access request waits for a decision (s)")
+    approval_ttl: int = Field(3600, ge=30, le=7 * 86400,
+                              description="how long an action approval waits for a decision (s)")
+    approval_ref_ttl: int = Field(300, ge=10, le=3600,
+                                  description="lifetime of an approval reference once granted (s)")
+    webhook_max_attempts: int = Field(6, ge=1, le=20)
+
+
+class SecretsSettings(BaseModel):
+    role_prefix: str = Field("tsr", pattern=r"^[a-z][a-z0-9_]{0,15}$",
+                             description="prefix of every database role Tessera creates")
+    default_ttl: int = Field(3600, ge=60, le=30 * 86400, description="lease lifetime (s)")
+    max_ttl: int = Field(86400, ge=60, le=30 * 86400, description="hard cap on a lease (s)")
+
+
 class Settings(BaseSettings):
     """Everything Tessera reads from its environment."""
 
@@ -42,6 +59,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 1024
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    access: AccessSettings = Field(default_factory=AccessSettings)
+    secrets: SecretsSettings = Field(default_factory=SecretsSettings)
 
     @field_validator("data_dir")
     @classmethod

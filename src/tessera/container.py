@@ -7,16 +7,20 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from tessera.access import AccessService, ApprovalService, RoleApproverPolicy, WebhookService
 from tessera.audit import AuditService
 from tessera.clock import Clock, SystemClock
 from tessera.config import Settings
 from tessera.db import make_engine, make_session_factory
 from tessera.db.meta import get_meta
 from tessera.identity import IdentityRules, IdentityService
+from tessera.identity.models import IdentityRow
 from tessera.keys.ports import KeyProvider
 from tessera.keys.service import KeyService
 from tessera.keys.software import SoftwareKeyProvider, load_or_create_master_key
 from tessera.oauth.service import TokenService
+from tessera.sealing import SecretBox
+from tessera.secrets import SecretsService
 
 DEFAULT_TRUST_DOMAIN = "tessera.local"
 
@@ -31,6 +35,10 @@ class Services:
     keys: KeyService
     identities: IdentityService
     tokens: TokenService
+    webhooks: WebhookService
+    access: AccessService
+    approvals: ApprovalService
+    secrets: SecretsService
 
     def close(self) -> None:
         self.engine.dispose()
@@ -59,5 +67,26 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
         max_expiry_days=settings.identity.max_expiry_days))
     tokens = TokenService(issuer=settings.issuer_url, clock=clock, keys=keys,
                           identities=identities, audit=audit, settings=settings.tokens)
+    box = SecretBox(load_or_create_master_key(
+        settings.data_dir, settings.master_key.get_secret_value() if settings.master_key
+        else None))
+    webhooks = WebhookService(clock, audit, box,
+                              max_attempts=settings.access.webhook_max_attempts)
+    approver_policy = RoleApproverPolicy()
+    access = AccessService(clock, audit, identities, approver_policy, webhooks, settings.access)
+    approvals = ApprovalService(clock, audit, identities, approver_policy, webhooks, box,
+                                settings.access, sessions)
+    secrets_service = SecretsService(clock, audit, identities, box, settings.secrets)
+
+    def _on_decommission(session: Session, row: IdentityRow, actor: str) -> None:
+        identity_id = str(row.id)
+        access.cancel_for_identity(session, identity_id, actor)
+        approvals.cancel_for_identity(session, identity_id, actor)
+        secrets_service.revoke_for_identity(session, identity_id, actor=actor or None,
+                                            reason="identity decommissioned")
+
+    identities.on_decommission(_on_decommission)
     return Services(settings=settings, clock=clock, engine=engine, sessions=sessions,
-                    audit=audit, keys=keys, identities=identities, tokens=tokens)
+                    audit=audit, keys=keys, identities=identities, tokens=tokens,
+                    webhooks=webhooks, access=access, approvals=approvals,
+                    secrets=secrets_service)

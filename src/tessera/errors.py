@@ -77,3 +77,10 @@ class InvalidGrant(OAuthError):
 class InvalidRequest(OAuthError):
     def __init__(self, description: str) -> None:
         super().__init__("invalid_request", description)
+
+
+class Refused(AppError):
+    """Refused after the refusal was audited: the caller commits the event, then re-raises."""
+
+    status = 403
+    code = "forbidden"

@@ -10,11 +10,12 @@ from fastapi import FastAPI
 from tessera import __version__
 from tessera.api import errors
 from tessera.api.middleware import BodyLimitMiddleware, RequestIDMiddleware
-from tessera.api.routers import audit, identities, oauth
+from tessera.api.routers import access, audit, identities, oauth
+from tessera.api.routers import secrets as secrets_router
 from tessera.config import Settings
 from tessera.container import Services, build
 from tessera.db import migrate
-from tessera.jobs import Job, JobRunner
+from tessera.jobs import Job, JobRunner, exclusive_job
 
 
 class NotMigrated(RuntimeError):
@@ -36,7 +37,35 @@ def default_jobs(services: Services) -> list[Job]:
             services.tokens.purge_expired(session)
             session.commit()
 
-    return [Job("purge-used-jtis", 60.0, purge_jtis)]
+    return [Job("purge-used-jtis", 60.0, purge_jtis), *access_jobs(services)]
+
+
+def access_jobs(services: Services) -> list[Job]:
+    """JIT access, approvals, webhooks and secret leases: each on one node at a time."""
+
+    def expire_access() -> None:
+        with services.sessions() as session:
+            services.access.expire_undecided(session)
+            services.approvals.expire_due(session)
+            services.identities.purge_expired_grants(session)
+            session.commit()
+
+    def end_leases() -> None:
+        with services.sessions() as session:
+            due = services.secrets.due(session)
+        for lease_id in due:
+            with services.sessions() as session:
+                services.secrets.end_due(session, lease_id)
+                session.commit()
+
+    def deliver_webhooks() -> None:
+        services.webhooks.deliver_due(services.sessions)
+
+    common = {"engine": services.engine, "sessions": services.sessions,
+              "clock": services.clock, "node_id": services.settings.node_id}
+    return [exclusive_job("access-expiry", 30.0, expire_access, **common),
+            exclusive_job("secret-leases", 15.0, end_leases, **common),
+            exclusive_job("webhook-deliveries", 10.0, deliver_webhooks, **common)]
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None, *,
@@ -66,6 +95,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(oauth.router)
     app.include_router(identities.router)
     app.include_router(audit.router)
+    for router in access.routers:
+        app.include_router(router)
+    app.include_router(secrets_router.router)
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:

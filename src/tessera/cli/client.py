@@ -17,7 +17,6 @@ from tessera.bootstrap import ADMIN_INFO_FILE, ADMIN_KEY_FILE
 from tessera.config import Settings
 
 
-
 class CLIError(Exception):
     """A failure to show the user as one clear line."""
 

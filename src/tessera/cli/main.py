@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from tessera.cli.client import Api, CLIError, fetch_token
+from tessera.cli.access import access_app, secrets_app
+from tessera.cli.client import Api, fetch_token
+from tessera.cli.common import DataDir, JsonOut, emit, fail, out, run, settings_for
 from tessera.config import Settings
 
 app = typer.Typer(help="Tessera: identity and access control plane for AI systems.",
@@ -25,55 +25,6 @@ app.add_typer(identity_app, name="identity")
 app.add_typer(credential_app, name="credential")
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-DataDir = Annotated[Optional[Path], typer.Option(
-    "--data-dir", help="Data directory (default $TESSERA_DATA_DIR or ./.tessera).")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-
-
-def settings_for(data_dir: Path | None = None, **overrides: Any) -> Settings:
-    s = Settings()
-    updates = {k: v for k, v in overrides.items() if v is not None}
-    if data_dir is not None:
-        updates["data_dir"] = data_dir
-    return s.model_copy(update=updates) if updates else s
-
-
-def fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-def run(fn: Any) -> Any:
-    try:
-        return fn()
-    except CLIError as exc:
-        fail(str(exc))
-
-
-def emit(data: Any, as_json: bool, columns: list[str] | None = None) -> None:
-    if as_json:
-        print(json.dumps(data, indent=2, default=str))
-        return
-    if columns is None:
-        table = Table(show_header=False, box=None)
-        for key, value in data.items():
-            table.add_row(f"[bold]{key}[/bold]", json.dumps(value) if isinstance(
-                value, (dict, list)) else str(value if value is not None else "-"))
-        out.print(table)
-        return
-    items = data["items"]
-    table = Table(*columns)
-    for item in items:
-        table.add_row(*[json.dumps(item.get(c)) if isinstance(item.get(c), (dict, list))
-                        else str(item.get(c) if item.get(c) is not None else "-")
-                        for c in columns])
-    out.print(table)
-    if data.get("next_cursor"):
-        out.print(f"more: --cursor {data['next_cursor']}")
 
 
 # -- init / serve / token --------------------------------------------------------------------
@@ -154,7 +105,7 @@ def parse_expiry(value: str | None) -> str | None:
     units = {"d": "days", "h": "hours", "m": "minutes"}
     if value[-1:] in units and value[:-1].isdigit():
         delta = timedelta(**{units[value[-1]]: int(value[:-1])})
-        return (datetime.now(timezone.utc) + delta).isoformat()
+        return (datetime.now(UTC) + delta).isoformat()
     return value
 
 
@@ -360,6 +311,9 @@ def db_upgrade(data_dir: DataDir = None) -> None:
         engine.dispose()
     out.print("database schema up to date")
 
+
+app.add_typer(access_app, name="access")
+app.add_typer(secrets_app, name="secrets")
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -283,6 +283,18 @@ class IdentityService:
                            resource=f"role:{role}")
         return grant
 
+    def purge_expired_grants(self, session: Session, *, limit: int = 500) -> int:
+        """Delete grants past their expiry (JIT grants); each removal is audited."""
+        now = self._clock.now()
+        rows = list(session.scalars(select(GrantRow).where(
+            GrantRow.expires_at.is_not(None), GrantRow.expires_at <= now).limit(limit)))
+        for grant in rows:
+            session.delete(grant)
+            self._audit.record(session, ev.GRANT_REMOVED, subject=grant.identity_id,
+                               resource=f"role:{grant.role}",
+                               data={"grant": grant.id, "expired_at": grant.expires_at})
+        return len(rows)
+
     # -- credentials ------------------------------------------------------------------------
 
     def add_credential(self, session: Session, identity_id: str, data: CredentialCreate, *,

@@ -1,0 +1,134 @@
+"""The lease model with a fake engine, on SQLite and PostgreSQL: caps, expiry, retries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from tessera.clock import FakeClock
+from tessera.container import Services
+from tessera.errors import Refused
+from tessera.secrets import ConnectionSpec, EngineError, Issued, TemplateSpec
+from tessera.secrets.schemas import ConnectionCreate, TemplateCreate
+
+
+class FakeEngine:
+    """Keeps accounts in a dict; can be told to fail revocations."""
+
+    kind = "fake"
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, datetime] = {}
+        self.fail_revoke = False
+
+    def check_connection(self, conn: ConnectionSpec) -> None:
+        if conn.secret != "admin-secret":
+            raise EngineError("bad admin secret")
+
+    def check_template(self, template: TemplateSpec) -> None:
+        if "{{name}}" not in template.creation:
+            raise ValueError("needs {{name}}")
+
+    def create(self, conn: ConnectionSpec, template: TemplateSpec, username: str,
+               expires_at: datetime) -> Issued:
+        self.accounts[username] = expires_at
+        return Issued(username, "pw-" + username)
+
+    def renew(self, conn: ConnectionSpec, template: TemplateSpec, username: str,
+              expires_at: datetime) -> None:
+        self.accounts[username] = expires_at
+
+    def revoke(self, conn: ConnectionSpec, template: TemplateSpec, username: str) -> None:
+        if self.fail_revoke:
+            raise EngineError("target unreachable")
+        self.accounts.pop(username, None)
+
+
+@pytest.fixture
+def fake(services: Services, make_identity: Callable[..., Any]) -> tuple[FakeEngine, Any]:
+    engine = FakeEngine()
+    services.secrets.register_engine(engine)
+    agent = make_identity("bot", roles=("user",))
+    with services.sessions() as s:
+        conn = services.secrets.configure_connection(s, ConnectionCreate.model_construct(
+            name="fake1", engine="fake", host="h", port=1, database="d", username="u",
+            password=SecretStr("admin-secret"), sslmode="disable",
+            verify=True), actor="test")
+        services.secrets.define_template(s, TemplateCreate(
+            name="t", connection=conn.name, creation_sql="make {{name}}", default_ttl=600,
+            max_ttl=1200, allowed_roles=["user"]), actor="test")
+        s.commit()
+    return engine, agent
+
+
+def job(services: Services) -> None:
+    with services.sessions() as s:
+        due = services.secrets.due(s)
+    for lease_id in due:
+        with services.sessions() as s:
+            services.secrets.end_due(s, lease_id)
+            s.commit()
+
+
+def test_lease_expires_on_time_and_failed_revocations_are_retried(
+        services: Services, fake: tuple[FakeEngine, Any], clock: FakeClock) -> None:
+    engine, agent = fake
+    with services.sessions() as s:
+        issued = services.secrets.issue(s, "t", agent.id, actor=agent.id)
+        s.commit()
+    username = issued.credentials.username
+    assert username in engine.accounts
+    clock.advance(600)
+    engine.fail_revoke = True
+    job(services)
+    with services.sessions() as s:
+        lease = services.secrets.lease(s, issued.lease.id)
+        assert (lease.status, lease.attempts) == ("revoking", 1)
+        assert lease.last_error == "target unreachable"
+    engine.fail_revoke = False
+    job(services)
+    assert username not in engine.accounts
+    with services.sessions() as s:
+        assert services.secrets.lease(s, issued.lease.id).status == "expired"
+
+
+def test_rejects_renewal_beyond_cap_and_keeps_the_old_expiry(
+        services: Services, fake: tuple[FakeEngine, Any], clock: FakeClock) -> None:
+    engine, agent = fake
+    with services.sessions() as s:
+        issued = services.secrets.issue(s, "t", agent.id, actor=agent.id)
+        s.commit()
+    before = engine.accounts[issued.credentials.username]
+    clock.advance(300)
+    with services.sessions() as s:
+        with pytest.raises(Refused) as info:
+            services.secrets.renew(s, issued.lease.id, actor=agent.id, increment=1000)
+        s.commit()
+    assert info.value.code == "renewal_beyond_cap"
+    assert engine.accounts[issued.credentials.username] == before
+    with services.sessions() as s:
+        lease = services.secrets.renew(s, issued.lease.id, actor=agent.id, increment=900)
+        s.commit()
+        assert lease.expires_at == lease.max_expires_at
+
+
+def test_rejects_suspended_identity(services: Services, fake: tuple[FakeEngine, Any]) -> None:
+    engine, agent = fake
+    with services.sessions() as s:
+        services.identities.suspend(s, agent.id, actor="test")
+        s.commit()
+    with services.sessions() as s:
+        with pytest.raises(Refused) as info:
+            services.secrets.issue(s, "t", agent.id, actor=agent.id)
+    assert info.value.code == "identity_inactive" and engine.accounts == {}
+
+
+def test_admin_secret_is_sealed(services: Services, fake: tuple[FakeEngine, Any]) -> None:
+    with services.sessions() as s:
+        conn = services.secrets.connection(s, "fake1")
+        assert "admin-secret" not in conn.secret_sealed
+        assert services.secrets.connection_read(conn).model_dump().get("password") is None
