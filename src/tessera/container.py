@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.audit import AuditService
+from tessera.authz import AuthzService
 from tessera.clock import Clock, SystemClock
 from tessera.config import Settings
 from tessera.db import make_engine, make_session_factory
@@ -31,6 +32,7 @@ class Services:
     keys: KeyService
     identities: IdentityService
     tokens: TokenService
+    authz: AuthzService
 
     def close(self) -> None:
         self.engine.dispose()
@@ -59,5 +61,7 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
         max_expiry_days=settings.identity.max_expiry_days))
     tokens = TokenService(issuer=settings.issuer_url, clock=clock, keys=keys,
                           identities=identities, audit=audit, settings=settings.tokens)
+    authz = AuthzService(clock, audit, identities)
+    authz.install(sessions)
     return Services(settings=settings, clock=clock, engine=engine, sessions=sessions,
-                    audit=audit, keys=keys, identities=identities, tokens=tokens)
+                    audit=audit, keys=keys, identities=identities, tokens=tokens, authz=authz)

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from tessera import __version__
 from tessera.api import errors
 from tessera.api.middleware import BodyLimitMiddleware, RequestIDMiddleware
-from tessera.api.routers import audit, identities, oauth
+from tessera.api.routers import audit, authz, authzen, identities, oauth
 from tessera.config import Settings
 from tessera.container import Services, build
 from tessera.db import migrate
@@ -66,6 +66,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(oauth.router)
     app.include_router(identities.router)
     app.include_router(audit.router)
+    app.include_router(authzen.router)
+    app.include_router(authz.router)
+    authzen.install(app)
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:
