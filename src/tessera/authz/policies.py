@@ -18,7 +18,7 @@ from cedarpy import pst
 from tessera.authz.errors import PolicyError, PolicyProblem
 
 EOF_MESSAGE = "unexpected end of input"
-ID_RE = re.compile(r"^[A-Za-z0-9_.:/#@-]{1,200}$")
+ID_RE = re.compile(r"^[^\x00-\x1f]{1,200}$")
 _TOKEN_RE = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*|[A-Za-z_][A-Za-z0-9_]*|\d+|::|==|!=|<=|>=|&&|'
                        r"\|\||\S")
 
@@ -136,7 +136,8 @@ def locate_error(text: str, stmt: Statement) -> tuple[int, int, str]:
                 continue
             where = s
             # Semantic errors surface only at the end; point at the name they mention.
-            named = re.search(r"(?::\s*|`)([A-Za-z_][A-Za-z0-9_]*)`?\s*$", str(exc))
+            named = (re.search(r"unexpected token `([^`]+)`", str(exc)) or
+                     re.search(r"(?::\s*|`)([A-Za-z_][A-Za-z0-9_]*)`?\s*$", str(exc)))
             if named:
                 for s2, _e2, tok2 in reversed(tokens[:idx + 1]):
                     if tok2 == named.group(1):
