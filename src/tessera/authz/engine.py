@@ -214,11 +214,11 @@ class Snapshot:
 
     def candidates(self, type_name: str) -> list[Uid]:
         """Every entity of a type (for search), in a stable order."""
+        found = {uid for uid in self._entities if uid[0] == type_name}
         if type_name in KIND_BY_TYPE:
             kind = KIND_BY_TYPE[type_name]
-            ids = sorted(r.id for r in self._identities.values() if r.kind == kind)
-            return [(type_name, i) for i in ids]
-        return sorted(uid for uid in self._entities if uid[0] == type_name)
+            found |= {(type_name, r.id) for r in self._identities.values() if r.kind == kind}
+        return sorted(found)
 
     # -- the index -------------------------------------------------------------------------
 
