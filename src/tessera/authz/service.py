@@ -507,6 +507,25 @@ class AuthzService:
                   "errors": decision.errors, "policy_version": decision.policy_version,
                   "latency_us": round(decision.latency_us, 1)})
 
+    def record_batch(self, session: Session, items: list[tuple[EvalRequest, Decision]], *,
+                     actor: str | None, ctx: RequestContext | None) -> None:
+        """A boxcarred request's decisions: one audit event listing each decision in order."""
+        if len(items) == 1:
+            self.record_decision(session, items[0][0], items[0][1], actor=actor, ctx=ctx)
+            return
+        decisions = [{"subject": f"{r.principal[0]}::{r.principal[1]}", "action": r.action[1],
+                      "resource": f"{r.resource[0]}::{r.resource[1]}", "decision": d.allowed,
+                      "policies": d.policies, "obligations": d.obligations,
+                      "reasons": d.reasons, "latency_us": round(d.latency_us, 1)}
+                     for r, d in items]
+        allowed = sum(1 for _r, d in items if d.allowed)
+        self._audit.record(
+            session, ev.AUTHZ_DECISION, outcome="success" if allowed == len(items) else "failure",
+            actor=actor, action="evaluations", ctx=ctx,
+            reasons=[f"{allowed} of {len(items)} permitted"],
+            data={"policy_set": DEFAULT_SET, "decisions": decisions,
+                  "policy_version": items[0][1].policy_version if items else None})
+
     def authorize_management(self, subject: str, method: str, route: str,
                              target: str | None, source: str | None) -> tuple[EvalRequest,
                                                                               Decision]:

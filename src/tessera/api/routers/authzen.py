@@ -64,10 +64,10 @@ def _evaluate(request: Request, raw: bytes, caller: str, session: Any, services:
         decision = snap.evaluate(req, now)
         out = authzen.response(decision)
         results = [authzen.Evaluated(req, decision, out)]
-    for item in results:
-        if item.request is not None and item.decision is not None:
-            services.authz.record_decision(session, item.request, item.decision, actor=caller,
-                                           ctx=ctx)
+    done = [(i.request, i.decision) for i in results
+            if i.request is not None and i.decision is not None]
+    if done:
+        services.authz.record_batch(session, done, actor=caller, ctx=ctx)
     session.commit()
     return out
 
