@@ -21,12 +21,11 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-import warnings
 
 import cedarpy
 from fastapi import FastAPI, Request
@@ -34,7 +33,7 @@ from fastapi import FastAPI, Request
 from tessera.authz.engine import EvalRequest, IdentityRecord, Snapshot, SnapshotSource
 from tessera.authz.policies import build_policy_set, parse_files
 
-NOW = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 POLICIES = """
 @id("read-public") permit (principal is Agent, action == Action::"read", resource is Dataset)
 when { resource.classification == "public" };
@@ -189,7 +188,7 @@ def _http_setup(tmp: Path) -> tuple[Any, dict[str, str], Any]:
         for i in range(200):
             svc.identities.register(s, IdentityCreate(
                 name=f"agent-{i}", kind="agent", owner=admin.id, purpose="bench",
-                expires_at=datetime.now(timezone.utc) + timedelta(days=10)), actor="b")
+                expires_at=datetime.now(UTC) + timedelta(days=10)), actor="b")
         s.commit()
     client = TestClient(create_app(services=svc, run_jobs=False), base_url="http://bench.test")
     client.__enter__()

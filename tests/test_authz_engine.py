@@ -3,7 +3,7 @@ runner and the example library (no database)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ from tessera.authz.testing import run
 from tessera.cli.main import app
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "policies"
-NOW = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 
 POLICIES = """
 @id("read-public")

@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 
 from tessera.audit import RequestContext
 from tessera.audit import events as ev
+from tessera.authz import ADMIN_SET
 from tessera.container import Services
 from tessera.errors import Forbidden, Unauthenticated
-from tessera.authz import ADMIN_SET
 from tessera.oauth.rfc9068_access_token import InvalidToken
 
 

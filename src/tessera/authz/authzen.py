@@ -215,7 +215,7 @@ def search(kind: str, snap: Snapshot, body: dict[str, Any], source: str | None,
         def make(name: str) -> EvalRequest:
             return EvalRequest((st, sid or ""), (ACTION_TYPE, name), (rt, rid or ""), dict(ctx),
                                sprops, rprops, None, source)
-        render: Callable[[Any], dict[str, Any]] = lambda name: {"name": name}  # noqa: E731
+        render: Callable[[Any], dict[str, Any]] = lambda name: {"name": name}
     else:
         other = "resource" if kind == "subject" else "subject"
         ktype, _ignored, kprops = entity(body[kind], kind, need_id=False)
@@ -232,7 +232,7 @@ def search(kind: str, snap: Snapshot, body: dict[str, Any], source: str | None,
                                    kprops, oprops, aprops, source)
             return EvalRequest((ot, oid or ""), (ACTION_TYPE, aname), (kt, cid), dict(ctx),
                                oprops, kprops, aprops, source)
-        render = lambda uid: {"type": ktype, "id": uid}  # noqa: E731
+        render = lambda uid: {"type": ktype, "id": uid}
     truncated = len(candidates) > MAX_SEARCH_CANDIDATES
     permitted: list[Any] = []
     for cand in candidates[:MAX_SEARCH_CANDIDATES]:

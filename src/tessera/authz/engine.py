@@ -49,7 +49,7 @@ def cedar_value(value: Any, depth: int = 0) -> Any:
     """JSON as Cedar accepts it: integers only (i64), no nulls; entity/extension escapes kept."""
     if depth > 32:
         return None
-    if isinstance(value, bool) or isinstance(value, str):
+    if isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
         return value if -MAX_INT - 1 <= value <= MAX_INT else str(value)

@@ -14,5 +14,5 @@ class RiskProvider(Protocol):
 class NoRisk:
     """The default provider: every principal scores 0."""
 
-    def score(self, principal_id: str) -> int:  # noqa: ARG002 - protocol signature
+    def score(self, principal_id: str) -> int:
         return 0

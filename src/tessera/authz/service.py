@@ -18,15 +18,24 @@ from importlib import resources as pkg_resources
 from typing import Any
 
 import cedarpy
-from sqlalchemy import event, func, inspect, or_, select, update
+from sqlalchemy import event, func, inspect, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.audit import AuditService, RequestContext
 from tessera.audit import events as ev
-from tessera.authz.engine import (ACTION_TYPE, KIND_BY_TYPE, ROLE_TYPE, Decision, EvalRequest,
-                                  IdentityRecord, Snapshot, SnapshotSource, cedar_record)
+from tessera.authz.engine import (
+    ACTION_TYPE,
+    KIND_BY_TYPE,
+    ROLE_TYPE,
+    Decision,
+    EvalRequest,
+    IdentityRecord,
+    Snapshot,
+    SnapshotSource,
+    cedar_record,
+)
 from tessera.authz.errors import PolicyError, PolicyProblem
 from tessera.authz.models import AuthzStateRow, EntityRow, PolicySetRow, PolicyVersionRow
 from tessera.authz.policies import ParsedPolicies, parse_files

@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tessera.authz.engine import (ACTION_TYPE, KIND_BY_TYPE, ROLE_TYPE, Decision, EvalRequest,
-                                  IdentityRecord, Snapshot, SnapshotSource)
+from tessera.authz.engine import (
+    ACTION_TYPE,
+    KIND_BY_TYPE,
+    ROLE_TYPE,
+    Decision,
+    EvalRequest,
+    IdentityRecord,
+    Snapshot,
+    SnapshotSource,
+)
 from tessera.authz.errors import PolicyError, PolicyProblem
 from tessera.authz.policies import parse_files
 from tessera.authz.schema import validate
@@ -31,7 +39,7 @@ class _FixedRisk:
     def __init__(self, score: int) -> None:
         self._score = score
 
-    def score(self, principal_id: str) -> int:  # noqa: ARG002 - protocol signature
+    def score(self, principal_id: str) -> int:
         return self._score
 
 
@@ -135,8 +143,7 @@ def run_file(path: Path, policies: Any) -> list[CaseResult]:
             snap = _source(policies, shared + list(case.get("entities") or []),
                            int(env.get("risk_score", 0)))
             action = req["action"]
-            when = datetime.fromisoformat(str(req.get("time", DEFAULT_TIME)).replace(
-                "Z", "+00:00")).astimezone(timezone.utc)
+            when = datetime.fromisoformat(str(req.get("time", DEFAULT_TIME))).astimezone(UTC)
             ereq = EvalRequest(
                 principal=_uid(req["principal"]),
                 action=_uid(action, ACTION_TYPE) if not isinstance(action, str) or "::" in

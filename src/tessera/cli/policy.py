@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -59,7 +59,7 @@ def _files(directory: Path) -> dict[str, str]:
 def push(directory: Annotated[Path, typer.Argument(help="Directory of .cedar files.")],
          policy_set: SetOpt = "default",
          message: Annotated[str, typer.Option("-m", "--message", help="Why.")] = "",
-         schema: Annotated[Optional[Path], typer.Option(
+         schema: Annotated[Path | None, typer.Option(
              help="Cedar schema fragment to add to the generated schema.")] = None,
          no_activate: Annotated[bool, typer.Option("--no-activate",
                                                    help="Store but do not activate.")] = False,
@@ -97,7 +97,7 @@ def list_versions(policy_set: SetOpt = "default", as_json: JsonOut = False) -> N
 
 
 @policy_app.command("show")
-def show(version: Annotated[Optional[int], typer.Argument(help="Default: active.")] = None,
+def show(version: Annotated[int | None, typer.Argument(help="Default: active.")] = None,
          policy_set: SetOpt = "default", as_json: JsonOut = False) -> None:
     """Print a version's policy files."""
     path = f"/v1/policies/{policy_set}" + (f"/versions/{version}" if version else "")
@@ -200,16 +200,16 @@ def _attrs(pairs: list[str] | None) -> dict[str, Any]:
 def resource_add(
         type_: Annotated[str, typer.Argument(metavar="TYPE", help="Dataset, Tool, Api, Model.")],
         resource_id: Annotated[str, typer.Argument(metavar="ID")],
-        classification: Annotated[Optional[str], typer.Option(
+        classification: Annotated[str | None, typer.Option(
             help="public, internal, confidential or restricted.")] = None,
-        data_class: Annotated[Optional[list[str]], typer.Option(
+        data_class: Annotated[list[str] | None, typer.Option(
             help="Data class (PII, PHI, PCI...); repeatable.")] = None,
-        owner: Annotated[Optional[str], typer.Option()] = None,
-        impact: Annotated[Optional[str], typer.Option(
+        owner: Annotated[str | None, typer.Option()] = None,
+        impact: Annotated[str | None, typer.Option(
             help="Impact level: low, medium, high, critical.")] = None,
-        attr: Annotated[Optional[list[str]], typer.Option(
+        attr: Annotated[list[str] | None, typer.Option(
             help="Other attribute KEY=VALUE (JSON values allowed); repeatable.")] = None,
-        parent: Annotated[Optional[list[str]], typer.Option(
+        parent: Annotated[list[str] | None, typer.Option(
             help="Parent as Type:id; repeatable.")] = None,
         as_json: JsonOut = False) -> None:
     """Register (or replace) a resource in the catalog."""
@@ -232,7 +232,7 @@ def resource_add(
 
 
 @resource_app.command("list")
-def resource_list(type_: Annotated[Optional[str], typer.Option("--type")] = None,
+def resource_list(type_: Annotated[str | None, typer.Option("--type")] = None,
                   as_json: JsonOut = False) -> None:
     """List catalog resources."""
     params = {"type": type_} if type_ else {}
