@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.access import AccessService, ApprovalService, RoleApproverPolicy, WebhookService
 from tessera.audit import AuditService
+from tessera.authz import AuthzService
 from tessera.clock import Clock, SystemClock
 from tessera.config import Settings
 from tessera.db import make_engine, make_session_factory
@@ -39,6 +40,7 @@ class Services:
     access: AccessService
     approvals: ApprovalService
     secrets: SecretsService
+    authz: AuthzService
 
     def close(self) -> None:
         self.engine.dispose()
@@ -86,7 +88,9 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
                                             reason="identity decommissioned")
 
     identities.on_decommission(_on_decommission)
+    authz = AuthzService(clock, audit, identities)
+    authz.install(sessions)
     return Services(settings=settings, clock=clock, engine=engine, sessions=sessions,
                     audit=audit, keys=keys, identities=identities, tokens=tokens,
                     webhooks=webhooks, access=access, approvals=approvals,
-                    secrets=secrets_service)
+                    secrets=secrets_service, authz=authz)

@@ -3,6 +3,7 @@
 from tessera.access.models import (AccessRequestRow, AccessRoleRow, ActionApprovalRow,
                                    DecisionRow, WebhookDeliveryRow, WebhookRow)
 from tessera.audit.models import AuditEventRow, AuditHeadRow
+from tessera.authz.models import AuthzStateRow, EntityRow, PolicySetRow, PolicyVersionRow
 from tessera.db.base import Base
 from tessera.db.meta import MetaRow
 from tessera.identity.models import CredentialRow, GrantRow, IdentityRow
@@ -11,7 +12,8 @@ from tessera.jobs import JobRunRow
 from tessera.oauth.models import UsedJTIRow
 from tessera.secrets.models import SecretConnectionRow, SecretLeaseRow, SecretTemplateRow
 
-__all__ = ["AuditEventRow", "AuditHeadRow", "Base", "CredentialRow", "GrantRow", "IdentityRow",
+__all__ = ["AuditEventRow", "AuditHeadRow", "AuthzStateRow", "EntityRow", "PolicySetRow",
+           "PolicyVersionRow", "Base", "CredentialRow", "GrantRow", "IdentityRow",
            "MetaRow", "SigningKeyRow", "UsedJTIRow"]
 __all__ += ["AccessRequestRow", "AccessRoleRow", "ActionApprovalRow", "DecisionRow", "JobRunRow",
             "SecretConnectionRow", "SecretLeaseRow", "SecretTemplateRow", "WebhookDeliveryRow",

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from tessera import __version__
 from tessera.api import errors
 from tessera.api.middleware import BodyLimitMiddleware, RequestIDMiddleware
-from tessera.api.routers import access, audit, identities, oauth
+from tessera.api.routers import access, audit, authz, authzen, identities, oauth
 from tessera.api.routers import secrets as secrets_router
 from tessera.config import Settings
 from tessera.container import Services, build
@@ -98,6 +98,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     for router in access.routers:
         app.include_router(router)
     app.include_router(secrets_router.router)
+    app.include_router(authzen.router)
+    app.include_router(authz.router)
+    authzen.install(app)
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:

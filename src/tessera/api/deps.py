@@ -1,4 +1,5 @@
-"""Request-scoped dependencies: services, a database session, the authenticated admin."""
+"""Request-scoped dependencies: services, a database session, the authenticated caller allowed
+by the management policy set (Cedar, `admin`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from sqlalchemy.orm import Session
 
 from tessera.audit import RequestContext
 from tessera.audit import events as ev
+from tessera.authz import ADMIN_SET
 from tessera.container import Services
 from tessera.errors import Forbidden, Unauthenticated
-from tessera.identity import ADMIN_ROLE
 from tessera.oauth.rfc9068_access_token import InvalidToken
 
 
@@ -39,27 +40,59 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-def admin_subject(request: Request, session: Annotated[Session, Depends(get_session)]) -> str:
-    """The identity id behind a valid admin access token (RFC 6750 bearer)."""
-    services = get_services(request)
+def authenticated_subject(request: Request) -> str:
+    """The `sub` of a valid Tessera access token (RFC 6750 bearer)."""
     try:
-        claims = services.tokens.authenticate_bearer(bearer_token(request))
+        claims = get_services(request).tokens.authenticate_bearer(bearer_token(request))
     except InvalidToken as exc:
         raise Unauthenticated("the access token is invalid or expired") from exc
-    subject = claims["sub"]
+    return str(claims["sub"])
+
+
+def authorize_call(request: Request, session: Session, subject: str, *,
+                   log_allowed: bool = True) -> None:
+    """Ask the `admin` policy set (Cedar) whether `subject` may call this route."""
+    services = get_services(request)
+    route = request.scope.get("route")
+    template = getattr(route, "path", request.url.path)
+    target = request.path_params.get("identity_id")
+    ctx = request_context(request, subject)
+    req, decision = services.authz.authorize_management(subject, request.method, template,
+                                                        target, ctx.source)
+    if decision.allowed and not log_allowed:
+        return
+    services.authz.record_decision(session, req, decision, actor=subject, ctx=ctx,
+                                   policy_set=ADMIN_SET)
+    if not decision.allowed:
+        services.audit.record(session, ev.API_ACCESS_DENIED, outcome="failure", actor=subject,
+                              action=f"{request.method} {request.url.path}", ctx=ctx,
+                              reasons=decision.reasons)
+        session.commit()
+        raise Forbidden("this operation is not permitted by policy",
+                        extra={"reasons": decision.reasons})
+    session.commit()
+
+
+def admin_subject(request: Request, session: Annotated[Session, Depends(get_session)]) -> str:
+    """The identity behind a valid access token, allowed by the management policies."""
+    services = get_services(request)
+    subject = authenticated_subject(request)
     identity = services.identities.find(session, subject)
     if identity is None or not services.identities.is_usable(identity):
         raise Unauthenticated("the token's subject is not an active identity")
-    if not services.identities.has_role(session, subject, ADMIN_ROLE):
-        services.audit.record(session, ev.API_ACCESS_DENIED, outcome="failure", actor=subject,
-                              action=f"{request.method} {request.url.path}",
-                              ctx=request_context(request, subject),
-                              reasons=["admin role required"])
-        session.commit()
-        raise Forbidden("this operation needs the admin role")
-    return str(subject)
+    authorize_call(request, session, subject)
+    return subject
+
+
+def pdp_caller(request: Request, session: Annotated[Session, Depends(get_session)]) -> str:
+    """A PDP caller: a valid token whose subject the policies allow to ask (no DB read; an
+    inactive or unknown subject is denied by the decision itself)."""
+    subject = authenticated_subject(request)
+    authorize_call(request, session, subject, log_allowed=False)
+    return subject
 
 
 DbSession = Annotated[Session, Depends(get_session)]
 AdminSubject = Annotated[str, Depends(admin_subject)]
+PDPCaller = Annotated[str, Depends(pdp_caller)]
 ServicesDep = Annotated[Services, Depends(get_services)]

@@ -13,6 +13,7 @@ import typer
 from tessera.cli.access import access_app, secrets_app
 from tessera.cli.client import Api, fetch_token
 from tessera.cli.common import DataDir, JsonOut, emit, fail, out, run, settings_for
+from tessera.cli.policy import policy_app, resource_app
 from tessera.config import Settings
 
 app = typer.Typer(help="Tessera: identity and access control plane for AI systems.",
@@ -25,6 +26,8 @@ app.add_typer(identity_app, name="identity")
 app.add_typer(credential_app, name="credential")
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
+app.add_typer(policy_app, name="policy")
+app.add_typer(resource_app, name="resource")
 
 
 # -- init / serve / token --------------------------------------------------------------------

@@ -1,0 +1,110 @@
+"""AuthZEN Authorization API 1.0 over HTTPS — https://openid.net/specs/authorization-api-1_0.html
+
+Thin: read the body, authenticate and authorize the caller (a Tessera access token, then the
+`admin` policy set), call `tessera.authz.authzen`, log every decision, answer.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from tessera.api.deps import DbSession, PDPCaller, ServicesDep, request_context
+from tessera.api.errors import problem
+from tessera.audit import events as ev
+from tessera.authz import authzen
+from tessera.authz.errors import AuthZENError
+
+router = APIRouter(tags=["authzen"])
+SEARCH_PATHS = {"subject": "/access/v1/search/subject", "resource": "/access/v1/search/resource",
+                "action": "/access/v1/search/action"}
+
+
+async def raw_body(request: Request) -> bytes:
+    return await request.body()
+
+
+RawBody = Annotated[bytes, Depends(raw_body)]
+
+
+def install(app: FastAPI) -> None:
+    """Map AuthZEN errors to their HTTP status (problem+json body)."""
+
+    async def _authzen_error(request: Request, exc: Exception) -> JSONResponse:
+        err = exc if isinstance(exc, AuthZENError) else AuthZENError(str(exc))
+        return problem(err.status, err.code, err.message, request)
+
+    app.add_exception_handler(AuthZENError, _authzen_error)
+
+
+@router.get("/.well-known/authzen-configuration")
+def configuration(services: ServicesDep) -> dict[str, Any]:
+    """PDP metadata (§13): where each API lives."""
+    base = services.settings.issuer_url
+    return {"policy_decision_point": base,
+            "access_evaluation_endpoint": f"{base}/access/v1/evaluation",
+            "access_evaluations_endpoint": f"{base}/access/v1/evaluations",
+            "search_subject_endpoint": f"{base}{SEARCH_PATHS['subject']}",
+            "search_resource_endpoint": f"{base}{SEARCH_PATHS['resource']}",
+            "search_action_endpoint": f"{base}{SEARCH_PATHS['action']}"}
+
+
+def _evaluate(request: Request, raw: bytes, caller: str, session: Any, services: Any,
+              batch: bool) -> dict[str, Any]:
+    body = authzen.parse_body(raw, request.headers.get("content-type"))
+    ctx = request_context(request, caller)
+    snap = services.authz.snapshot()
+    now = services.clock.now()
+    if batch:
+        out, results = authzen.evaluations(snap, body, ctx.source, now)
+    else:
+        req = authzen.to_request(snap, body, ctx.source)
+        decision = snap.evaluate(req, now)
+        out = authzen.response(decision)
+        results = [authzen.Evaluated(req, decision, out)]
+    done = [(i.request, i.decision) for i in results
+            if i.request is not None and i.decision is not None]
+    if done:
+        services.authz.record_batch(session, done, actor=caller, ctx=ctx)
+    session.commit()
+    return out
+
+
+@router.post("/access/v1/evaluation")
+def evaluation(request: Request, raw: RawBody, caller: PDPCaller, session: DbSession,
+               services: ServicesDep) -> dict[str, Any]:
+    """Access Evaluation API (§6)."""
+    return _evaluate(request, raw, caller, session, services, batch=False)
+
+
+@router.post("/access/v1/evaluations")
+def evaluations(request: Request, raw: RawBody, caller: PDPCaller, session: DbSession,
+                services: ServicesDep) -> dict[str, Any]:
+    """Access Evaluations API (§7): boxcarred requests with defaults and semantics."""
+    return _evaluate(request, raw, caller, session, services, batch=True)
+
+
+def _search_route(kind: str) -> None:
+    def handler(request: Request, raw: RawBody, caller: PDPCaller, session: DbSession,
+                services: ServicesDep) -> dict[str, Any]:
+        body = authzen.parse_body(raw, request.headers.get("content-type"))
+        ctx = request_context(request, caller)
+        out = authzen.search(kind, services.authz.snapshot(), body, ctx.source,
+                             services.clock.now())
+        services.audit.record(session, ev.AUTHZ_SEARCH, actor=caller, ctx=ctx,
+                              action=f"search.{kind}",
+                              data={"request": {k: body.get(k) for k in authzen.TUPLE_KEYS
+                                                if k in body},
+                                    "results": len(out["results"])})
+        session.commit()
+        return out
+
+    handler.__name__ = f"search_{kind}"
+    router.add_api_route(SEARCH_PATHS[kind], handler, methods=["POST"],
+                         summary=f"{kind.capitalize()} Search API")
+
+
+for _kind in ("subject", "resource", "action"):
+    _search_route(_kind)
