@@ -33,7 +33,7 @@ class _Entry:
     jwks: dict[str, Any]
     fetched_at: float
     expires_at: float
-    last_attempt: float = 0.0
+    last_kid_refetch: float = float("-inf")
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -150,13 +150,15 @@ class JWKSFetcher:
                 fresh = now < entry.expires_at
                 if fresh and (kid is None or _has_kid(entry.jwks, kid)):
                     return entry.jwks
-                if fresh and now - entry.last_attempt < self._settings.min_refetch_seconds:
-                    return entry.jwks  # unknown kid, but refetched too recently: no new fetch
-                entry.last_attempt = now
+                if fresh:
+                    # An unknown kid: refetch (the issuer may have rotated), at a bounded rate.
+                    if now - entry.last_kid_refetch < self._settings.min_refetch_seconds:
+                        return entry.jwks
+                    entry.last_kid_refetch = now
             jwks = self._fetch(issuer, jwks_uri)
             new = _Entry(jwks=jwks, fetched_at=now,
-                         expires_at=now + self._settings.jwks_cache_seconds, last_attempt=now,
-                         lock=lock)
+                         expires_at=now + self._settings.jwks_cache_seconds, lock=lock,
+                         last_kid_refetch=entry.last_kid_refetch if entry else float("-inf"))
             with self._lock:
                 self._cache[issuer] = new
             return jwks
