@@ -1,0 +1,1 @@
+"""Tessera SDK: client and resource-server helpers (imports nothing from the server)."""
