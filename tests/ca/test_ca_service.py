@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from fastapi.testclient import TestClient
 
-from conftest import make_csr, new_key
+from ca_helpers import make_csr, new_key
 from tessera.ca.svid import spiffe_ids, verify_chain, x5t_s256
 from tessera.container import Services
 from tessera.errors import Forbidden, ValidationFailed

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from fastapi.testclient import TestClient
 from joserfc.jwk import ECKey
 
-from conftest import foreign_ca_cert, make_csr, new_key, self_signed_cert
+from ca_helpers import foreign_ca_cert, make_csr, new_key, self_signed_cert
 from tessera.api.app import create_app
 from tessera.api.tls import _WithTLS
 from tessera.container import Services

@@ -64,12 +64,16 @@ class PKCS11KeyProvider:
     name = "pkcs11"
 
     def __init__(self, module: str, token_label: str, pin: str) -> None:
-        from pkcs11.exceptions import PKCS11Error
+        from pkcs11.exceptions import PKCS11Error, UserAlreadyLoggedIn
 
         self._lock = threading.Lock()
         try:
             token = _lib(module).get_token(token_label=token_label)
-            self._session = token.open(user_pin=pin, rw=True)
+            try:
+                self._session = token.open(user_pin=pin, rw=True)
+            except UserAlreadyLoggedIn:
+                # PKCS#11 login is per application: another session of this process holds it.
+                self._session = token.open(rw=True)
         except KeyProviderError:
             raise
         except (PKCS11Error, RuntimeError, ValueError) as exc:  # never echo the PIN
