@@ -214,6 +214,38 @@ class CAService:
                                  "not_after": issued.not_after.isoformat()})
         return issued
 
+    def issue_server_certificate(self, session: Session, public: svid.PublicKey, *,
+                                 dns_names: list[str], ip_addresses: list[str],
+                                 days: int = 7) -> tuple[str, str]:
+        """Tessera's own TLS certificate (serverAuth and clientAuth): SPIFFE ID
+        `spiffe://<trust domain>/tessera/server` plus the DNS names and addresses clients dial.
+        Returns (certificate PEM, chain PEM)."""
+        import ipaddress
+
+        if not 1 <= days <= 90:
+            raise ValidationFailed("server certificates live 1 to 90 days")
+        issuer = self._current_issuer(session)
+        now = self._clock.now()
+        spiffe_id = f"spiffe://{self.trust_domain}/tessera/server"
+        names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe_id)]
+        names += [x509.DNSName(d) for d in dns_names]
+        try:
+            names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+        except ValueError as exc:
+            raise ValidationFailed("not an IP address") from exc
+        not_after = min(now + timedelta(days=days), issuer.cert.not_valid_after_utc)
+        builder = svid.svid_template(svid.check_public_key(public), spiffe_id, "tessera",
+                                     issuer.cert, now - svid.BACKDATE, not_after,
+                                     extra_names=names[1:])
+        cert = sign_certificate(builder, issuer.signer,
+                                issuer.cert.public_key())  # type: ignore[arg-type]
+        self._audit.record(session, ev.CA_CERT_ISSUED, actor="system",
+                           resource=f"certificate:{cert.serial_number:x}",
+                           data={"spiffe_id": spiffe_id, "server": True,
+                                 "dns": dns_names, "ip": ip_addresses,
+                                 "not_after": cert.not_valid_after_utc.isoformat()})
+        return svid.cert_pem(cert), issuer.chain_pem
+
     def _refuse(self, session: Session, identity_id: str, actor: str, reason: str,
                 ctx: RequestContext | None) -> None:
         # Recorded in the caller's transaction; the router commits refusals too.

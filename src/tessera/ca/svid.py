@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from cryptography import x509
@@ -146,9 +147,11 @@ def intermediate_template(trust_domain: str, public: ec.EllipticCurvePublicKey,
 
 
 def svid_template(public: PublicKey, spiffe_id: str, common_name: str,
-                  issuer: x509.Certificate, not_before: datetime,
-                  not_after: datetime) -> x509.CertificateBuilder:
-    """A leaf X.509-SVID (§4.3: CA false; digitalSignature; clientAuth and serverAuth)."""
+                  issuer: x509.Certificate, not_before: datetime, not_after: datetime,
+                  extra_names: Sequence[x509.GeneralName] = ()) -> x509.CertificateBuilder:
+    """A leaf X.509-SVID (§4.3: CA false; digitalSignature; clientAuth and serverAuth).
+
+    `extra_names` is for Tessera's own server certificate only (DNS names, addresses)."""
     return (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
             .issuer_name(issuer.subject).public_key(public)
@@ -164,7 +167,7 @@ def svid_template(public: PublicKey, spiffe_id: str, common_name: str,
                 critical=False)
             # §2: exactly one URI SAN, the SPIFFE ID.
             .add_extension(x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(spiffe_id)]), critical=False)
+                [x509.UniformResourceIdentifier(spiffe_id), *extra_names]), critical=False)
             .add_extension(_ski(public), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 issuer.public_key()), critical=False))  # type: ignore[arg-type]
