@@ -83,7 +83,7 @@ class LoopbackIssuer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 body = {"issuer": issuer.url, "jwks_uri": f"{issuer.url}/jwks"} \
                     if self.path.startswith("/.well-known") else jwks
                 data = json.dumps(body).encode()

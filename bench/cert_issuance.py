@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _workload import installation, rate, register  # noqa: E402
+from _workload import installation, rate, register
 
 
 def csr() -> str:
@@ -47,7 +47,7 @@ def main() -> None:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
 
     def bare() -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(leaf)
          .serial_number(x509.random_serial_number()).not_valid_before(now)
          .not_valid_after(now + timedelta(hours=1))

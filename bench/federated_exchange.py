@@ -19,11 +19,11 @@ from pathlib import Path
 from joserfc import jwt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _workload import LoopbackIssuer, installation, rate, register  # noqa: E402
+from _workload import LoopbackIssuer, installation, rate, register
 
-from tessera.audit import RequestContext  # noqa: E402
-from tessera.federation.schemas import IssuerCreate  # noqa: E402
-from tessera.oauth.rfc7523_jwt_bearer_grant import GRANT_TYPE  # noqa: E402
+from tessera.audit import RequestContext
+from tessera.federation.schemas import IssuerCreate
+from tessera.oauth.rfc7523_jwt_bearer_grant import GRANT_TYPE
 
 
 def main() -> None:

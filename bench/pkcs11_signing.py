@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -21,11 +21,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _workload import rate, softhsm_token  # noqa: E402
+from _workload import rate, softhsm_token
 
-from tessera.ca.x509_signing import sign_certificate  # noqa: E402
-from tessera.keys.jws import sign_compact  # noqa: E402
-from tessera.keys.software import SoftwareKeyProvider  # noqa: E402
+from tessera.ca.x509_signing import sign_certificate
+from tessera.keys.jws import sign_compact
+from tessera.keys.software import SoftwareKeyProvider
 
 
 def measure(provider: object, n: int) -> tuple[float, float, float]:
@@ -38,7 +38,7 @@ def measure(provider: object, n: int) -> tuple[float, float, float]:
               "exp": 2_000_000_000, "iat": 1_700_000_000, "jti": "x", "scope": "a b"}
     leaf = ec.generate_private_key(ec.SECP256R1()).public_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(leaf)
                .serial_number(1).not_valid_before(now).not_valid_after(now + timedelta(hours=1)))
     raw = rate(lambda: signer.sign(b"x" * 300), n)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -35,7 +35,7 @@ def foreign_ca_cert(spiffe_id: str, key: Any) -> x509.Certificate:
     """A certificate for `spiffe_id` from a CA that Tessera does not trust."""
     ca_key = new_key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Evil CA")])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return (x509.CertificateBuilder().subject_name(x509.Name([
         x509.NameAttribute(NameOID.COMMON_NAME, "x")])).issuer_name(ca_name)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -47,7 +47,7 @@ def foreign_ca_cert(spiffe_id: str, key: Any) -> x509.Certificate:
 
 def self_signed_cert(key: Any) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "self")])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(hours=1))

@@ -6,13 +6,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from ca_helpers import make_csr, new_key
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from fastapi.testclient import TestClient
 
-from ca_helpers import make_csr, new_key
 from tessera.ca.svid import spiffe_ids, verify_chain, x5t_s256
 from tessera.container import Services
 from tessera.errors import Forbidden, ValidationFailed

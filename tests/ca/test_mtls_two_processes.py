@@ -21,16 +21,21 @@ from typing import Any
 
 import httpx
 import pytest
+from ca_helpers import foreign_ca_cert, key_pem, make_csr, new_key
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca_helpers import foreign_ca_cert, key_pem, make_csr, new_key
 from tessera.bootstrap import init
 from tessera.config import Settings
 from tessera.container import build
 from tessera.identity.schemas import IdentityCreate
-from tessera.sdk.mtls import (SVID, certificate_thumbprint, check_certificate_binding,
-                              client_context, peer_spiffe_id)
+from tessera.sdk.mtls import (
+    SVID,
+    certificate_thumbprint,
+    check_certificate_binding,
+    client_context,
+    peer_spiffe_id,
+)
 
 pytestmark = pytest.mark.slow
 PORTS = range(18400, 18500)

@@ -13,18 +13,22 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from ca_helpers import foreign_ca_cert, make_csr, new_key, self_signed_cert
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from fastapi.testclient import TestClient
 from joserfc.jwk import ECKey
 
-from ca_helpers import foreign_ca_cert, make_csr, new_key, self_signed_cert
 from tessera.api.app import create_app
 from tessera.api.tls import _WithTLS
 from tessera.container import Services
 from tessera.identity.schemas import CredentialCreate
-from tessera.sdk.mtls import (CertificateBindingError, CertificateRenewer,
-                              certificate_thumbprint, check_certificate_binding)
+from tessera.sdk.mtls import (
+    CertificateBindingError,
+    CertificateRenewer,
+    certificate_thumbprint,
+    check_certificate_binding,
+)
 
 ISSUER = "http://tessera.test"
 
@@ -177,3 +181,16 @@ def test_renewer_renews_after_half_the_lifetime(ca_services: Services,
     second = renewer.current()
     assert second is not first and len(requests) == 2
     assert second.key_pem != first.key_pem  # a fresh key each time
+
+
+def test_bound_admin_token_refused_on_management_api_without_its_certificate(
+        ca_services: Services, make_identity: Callable[..., Any]) -> None:
+    admin = make_identity("bound-admin", kind="human", roles=("admin",))
+    cert = svid_for(ca_services, admin.id)
+    with tls_client(ca_services, cert) as client:
+        token = client.post("/oauth2/token", data=admin.form()).json()["access_token"]
+        assert client.get("/v1/identities", headers={
+            "Authorization": f"Bearer {token}"}).status_code == 200
+    with tls_client(ca_services, None) as client:
+        resp = client.get("/v1/identities", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 401

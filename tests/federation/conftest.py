@@ -44,7 +44,7 @@ class OIDCIssuer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 issuer.requests.append(self.path)
                 if self.path == "/.well-known/openid-configuration":
                     self._json({"issuer": issuer.url, "jwks_uri": f"{issuer.url}/jwks",
@@ -106,7 +106,7 @@ class OIDCIssuer:
         self.thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release.set()
         self.server.shutdown()
         self.server.server_close()

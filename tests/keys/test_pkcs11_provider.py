@@ -20,12 +20,11 @@ from tessera.keys.jws import sign_compact
 from tessera.keys.software import KeyProviderError, SoftwareKeyProvider
 
 pkcs11 = pytest.importorskip("pkcs11")
-from pkcs11 import Attribute, Mechanism, ObjectClass  # noqa: E402
-from pkcs11.exceptions import PKCS11Error  # noqa: E402
+from hsm_helpers import make_csr_pem, register
+from pkcs11 import Attribute, Mechanism, ObjectClass
+from pkcs11.exceptions import PKCS11Error
 
-from tessera.keys.pkcs11 import PKCS11KeyProvider, _lib  # noqa: E402
-
-from hsm_helpers import make_csr_pem, register  # noqa: E402
+from tessera.keys.pkcs11 import PKCS11KeyProvider, _lib
 
 
 @pytest.fixture
@@ -78,7 +77,7 @@ def test_private_key_is_generated_in_token_and_not_extractable(
         assert key[Attribute.ALWAYS_SENSITIVE] is True
         assert key[Attribute.LOCAL] is True  # generated on the token, not imported
         with pytest.raises(PKCS11Error):
-            key[Attribute.VALUE]  # noqa: B018 - reading the private value must fail
+            key[Attribute.VALUE]
         wrapping = session.generate_key(pkcs11.KeyType.AES, 256, template={
             Attribute.WRAP: True, Attribute.TOKEN: False})
         with pytest.raises(PKCS11Error):

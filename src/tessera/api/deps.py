@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from tessera.api.tls import certificate_binding_holds
 from tessera.audit import RequestContext
 from tessera.audit import events as ev
 from tessera.container import Services
@@ -46,6 +47,9 @@ def admin_subject(request: Request, session: Annotated[Session, Depends(get_sess
         claims = services.tokens.authenticate_bearer(bearer_token(request))
     except InvalidToken as exc:
         raise Unauthenticated("the access token is invalid or expired") from exc
+    if not certificate_binding_holds(request.scope, claims):  # RFC 8705 §3
+        raise Unauthenticated("the token is bound to a certificate this connection did "
+                              "not present")
     subject = claims["sub"]
     identity = services.identities.find(session, subject)
     if identity is None or not services.identities.is_usable(identity):

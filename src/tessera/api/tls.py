@@ -26,6 +26,24 @@ def client_cert_der(scope: Scope) -> bytes | None:
     return ssl.PEM_cert_to_DER_cert(chain[0])
 
 
+def certificate_binding_holds(scope: Scope, claims: dict[str, Any]) -> bool:
+    """RFC 8705 §3: a token with `cnf.x5t#S256` is only good over a connection presenting
+    that certificate. Unbound tokens always hold."""
+    import base64
+    import hashlib
+    import hmac
+
+    cnf = claims.get("cnf")
+    bound = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
+    if bound is None:
+        return True
+    der = client_cert_der(scope)
+    if der is None or not isinstance(bound, str):
+        return False
+    presented = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+    return hmac.compare_digest(bound, presented)
+
+
 class _WithTLS:
     """Wraps the app for one connection and adds the TLS extension to each request's scope."""
 

@@ -34,7 +34,7 @@ def _lib(module: str) -> Any:
         if module not in _LIBS:
             try:
                 _LIBS[module] = pkcs11.lib(module)
-            except Exception as exc:  # noqa: BLE001 - the module path is wrong or unloadable
+            except Exception as exc:
                 raise KeyProviderError(f"cannot load the PKCS#11 module {module}") from exc
         return _LIBS[module]
 

@@ -96,7 +96,7 @@ class MutualTLSAuthenticator:
             raise AssertionRejected("client certificate outside its validity", client_id)
         try:
             cert.verify_directly_issued_by(cert)
-        except Exception as exc:  # noqa: BLE001 - any failure: not properly self-signed
+        except Exception as exc:
             raise AssertionRejected("self-signed certificate does not verify", client_id) from exc
         jkt = _jwk_thumbprint(cert.public_key())
         for key in clients.client_keys(client, None):

@@ -27,9 +27,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-__all__ = ["CertificateBindingError", "CertificateRenewer", "SVID", "certificate_thumbprint",
-           "check_certificate_binding", "client_context", "new_csr", "peer_spiffe_id",
-           "server_context"]
+__all__ = [
+    "SVID",
+    "CertificateBindingError",
+    "CertificateRenewer",
+    "certificate_thumbprint",
+    "check_certificate_binding",
+    "client_context",
+    "new_csr",
+    "peer_spiffe_id",
+    "server_context",
+]
 
 
 class CertificateBindingError(Exception):

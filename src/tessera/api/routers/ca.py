@@ -9,10 +9,15 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from tessera.api.deps import DbSession, ServicesDep, bearer_token, get_services, get_session
-from tessera.api.deps import request_context
-from tessera.api.tls import client_cert_der
-from tessera.ca.svid import x5t_s256
+from tessera.api.deps import (
+    DbSession,
+    ServicesDep,
+    bearer_token,
+    get_services,
+    get_session,
+    request_context,
+)
+from tessera.api.tls import certificate_binding_holds
 from tessera.errors import AppError, Forbidden, Unauthenticated
 from tessera.identity import ADMIN_ROLE
 from tessera.oauth.rfc9068_access_token import InvalidToken
@@ -41,13 +46,9 @@ def authenticated_caller(request: Request,
         claims = services.tokens.authenticate_bearer(bearer_token(request))
     except InvalidToken as exc:
         raise Unauthenticated("the access token is invalid or expired") from exc
-    bound = (claims.get("cnf") or {}).get("x5t#S256") if isinstance(claims.get("cnf"),
-                                                                      dict) else None
-    if bound is not None:
-        der = client_cert_der(request.scope)
-        if der is None or x5t_s256(der) != bound:
-            raise Unauthenticated("the token is bound to a certificate this connection did "
-                                  "not present")
+    if not certificate_binding_holds(request.scope, claims):
+        raise Unauthenticated("the token is bound to a certificate this connection did "
+                              "not present")
     row = services.identities.find(session, claims["sub"])
     if row is None or not services.identities.is_usable(row):
         raise Unauthenticated("the token's subject is not an active identity")

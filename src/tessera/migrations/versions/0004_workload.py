@@ -4,9 +4,8 @@ Revision ID: 0004_workload
 Revises: 0001_core
 Create Date: 2026-11-28 15:47:08.584169
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0004_workload'
 down_revision = '0001_core'
