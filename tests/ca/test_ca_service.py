@@ -184,3 +184,6 @@ def test_api_issue_list_bundle(ca_services: Services, app_client: TestClient,
     assert pem.status_code == 200 and pem.text.startswith("-----BEGIN CERTIFICATE-----")
     bundle = app_client.get("/.well-known/spiffe-bundle").json()
     assert bundle["keys"][0]["use"] == "x509-svid" and bundle["keys"][0]["crv"] == "P-256"
+    import base64
+    x5c = x509.load_der_x509_certificate(base64.b64decode(bundle["keys"][0]["x5c"][0]))
+    assert x5c == x509.load_pem_x509_certificate(pem.text.encode())

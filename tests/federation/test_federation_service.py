@@ -248,3 +248,21 @@ def test_rejects_private_keys_in_static_jwks(fed_services: Services, oidc_issuer
         fed_services.federation.add(s, IssuerCreate(
             name="k8s", issuer=oidc_issuer.url, audiences=["tessera"],
             jwks={"keys": [oidc_issuer.key.as_dict(private=True)]}), actor="test")
+
+
+def test_https_issuer_with_private_ca_is_accepted(services: Services, tls_issuer: Any,
+                                                  trainer: Any) -> None:
+    issuer, ca_file = tls_issuer
+    services.settings.federation.ca_bundle = ca_file  # https only: insecure http stays off
+    register(services, issuer.url)
+    assert authenticate(services, issuer.token()).identity_id == trainer.id
+    assert "/jwks" in issuer.requests
+
+
+def test_https_issuer_with_untrusted_certificate_is_refused(services: Services,
+                                                            tls_issuer: Any,
+                                                            trainer: Any) -> None:
+    issuer, _ = tls_issuer
+    register(services, issuer.url)
+    assert "issuer keys unavailable" in reason_of(services, issuer.token())
+    assert issuer.requests == []

@@ -7,6 +7,7 @@ already issued dies within its short lifetime.
 
 from __future__ import annotations
 
+import base64
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -164,8 +165,9 @@ class CAService:
         keys = []
         for cert in self.roots(session):
             jwk = ECKey.import_key(cert.public_key()).as_dict(private=False)  # type: ignore[arg-type]
-            jwk.update({"use": "x509-svid", "x5c": [svid.cert_pem(cert).split(
-                "-----")[2].replace("\n", "")]})
+            # RFC 7517 §4.7: x5c holds base64 (not base64url) DER.
+            jwk.update({"use": "x509-svid",
+                        "x5c": [base64.b64encode(svid.cert_der(cert)).decode()]})
             keys.append(jwk)
         return {"keys": keys, "spiffe_refresh_hint": 300}
 

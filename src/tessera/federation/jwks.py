@@ -10,6 +10,7 @@ redirects included, has one deadline.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -65,7 +66,10 @@ class JWKSFetcher:
         check_url(url, s.allow_insecure_http)
         deadline = time.monotonic() + s.fetch_timeout
         origin = urlsplit(url)
-        verify: Any = str(s.ca_bundle) if s.ca_bundle else True
+        # The system trust store, plus the configured CA file when there is one.
+        verify = ssl.create_default_context()
+        if s.ca_bundle:
+            verify.load_verify_locations(cafile=str(s.ca_bundle))
         with httpx.Client(follow_redirects=False, verify=verify, transport=self._transport,
                           trust_env=False) as http:
             for _ in range(MAX_REDIRECTS + 1):
