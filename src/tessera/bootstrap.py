@@ -65,13 +65,19 @@ def init(settings: Settings, trust_domain: str | None = None, alg: str = "ES256"
     svc = build(settings, engine=engine, trust_domain=td)
     try:
         with svc.sessions() as s, s.begin():
-            if s.scalars(select(SigningKeyRow).where(SigningKeyRow.status == "active")).first():
+            if s.scalars(select(SigningKeyRow).where(SigningKeyRow.status == "active",
+                                                     SigningKeyRow.purpose == "token")).first():
                 report.existing.append("signing key")
             else:
                 kid = svc.keys.create(s, alg)
                 svc.audit.record(s, ev.KEY_CREATED, actor="system", resource=f"key:{kid}",
                                  data={"alg": alg, "provider": svc.keys.provider.name})
                 report.created.append(f"signing key {kid} ({alg}, {svc.keys.provider.name})")
+            # The built-in CA (issue 4): root, and an intermediate when configured.
+            ca_created = svc.ca.ensure(s)
+            report.created.extend(ca_created)
+            if not ca_created:
+                report.existing.append("certificate authority")
             admin = s.scalars(select(IdentityRow).where(IdentityRow.name == ADMIN_NAME)).first()
             key_path = data_dir / ADMIN_KEY_FILE
             if admin is not None:

@@ -42,6 +42,37 @@ class SecretsSettings(BaseModel):
     max_ttl: int = Field(86400, ge=60, le=30 * 86400, description="hard cap on a lease (s)")
 
 
+class CASettings(BaseModel):
+    """The built-in certificate authority (SPIFFE X.509-SVIDs)."""
+
+    intermediate: bool = Field(False, description="create an intermediate CA at init")
+    root_days: int = Field(3650, ge=30, le=3650 * 3)
+    intermediate_days: int = Field(365, ge=7, le=3650)
+    svid_ttl: int = Field(3600, ge=60, le=86400, description="default certificate lifetime (s)")
+    max_svid_ttl: int = Field(86400, ge=60, le=7 * 86400, description="hard cap (s)")
+
+
+class FederationSettings(BaseModel):
+    """Trusted external issuers: how their JWKS are fetched."""
+
+    allow_insecure_http: bool = Field(False, description="accept http:// issuers (dev only)")
+    fetch_timeout: float = Field(5.0, gt=0, le=30, description="whole fetch deadline (s)")
+    max_document_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
+    jwks_cache_seconds: int = Field(300, ge=10, le=86400)
+    min_refetch_seconds: int = Field(30, ge=0, le=3600, description="unknown-kid refetch rate")
+    max_token_age: int = Field(86400, ge=60, le=7 * 86400, description="now - iat at most (s)")
+    ca_bundle: Path | None = Field(None, description="extra CA file for issuers' TLS")
+
+
+class KeySettings(BaseModel):
+    """Where private keys live: `software` (encrypted at rest) or `pkcs11` (an HSM)."""
+
+    provider: str = Field("software", pattern="^(software|pkcs11)$")
+    pkcs11_module: str | None = None
+    pkcs11_token_label: str | None = None
+    pkcs11_pin: SecretStr | None = None
+
+
 class Settings(BaseSettings):
     """Everything Tessera reads from its environment."""
 
@@ -61,6 +92,9 @@ class Settings(BaseSettings):
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     access: AccessSettings = Field(default_factory=AccessSettings)
     secrets: SecretsSettings = Field(default_factory=SecretsSettings)
+    ca: CASettings = Field(default_factory=CASettings)
+    federation: FederationSettings = Field(default_factory=FederationSettings)
+    keys: KeySettings = Field(default_factory=KeySettings)
 
     @field_validator("data_dir")
     @classmethod

@@ -10,10 +10,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from tessera.access import AccessService, ApprovalService, RoleApproverPolicy, WebhookService
 from tessera.audit import AuditService
 from tessera.authz import AuthzService
+from tessera.ca import CAService
 from tessera.clock import Clock, SystemClock
 from tessera.config import Settings
 from tessera.db import make_engine, make_session_factory
 from tessera.db.meta import get_meta
+from tessera.federation import FederationService
 from tessera.identity import IdentityRules, IdentityService
 from tessera.identity.models import IdentityRow
 from tessera.keys.ports import KeyProvider
@@ -41,12 +43,24 @@ class Services:
     approvals: ApprovalService
     secrets: SecretsService
     authz: AuthzService
+    ca: CAService
+    federation: FederationService
 
     def close(self) -> None:
         self.engine.dispose()
 
 
 def make_key_provider(settings: Settings) -> KeyProvider:
+    if settings.keys.provider == "pkcs11":
+        from tessera.keys.pkcs11 import PKCS11KeyProvider
+        from tessera.keys.software import KeyProviderError
+
+        k = settings.keys
+        if not (k.pkcs11_module and k.pkcs11_token_label and k.pkcs11_pin):
+            raise KeyProviderError("the pkcs11 provider needs TESSERA_KEYS__PKCS11_MODULE, "
+                                   "TESSERA_KEYS__PKCS11_TOKEN_LABEL and TESSERA_KEYS__PKCS11_PIN")
+        return PKCS11KeyProvider(k.pkcs11_module, k.pkcs11_token_label,
+                                 k.pkcs11_pin.get_secret_value())
     master = settings.master_key.get_secret_value() if settings.master_key else None
     return SoftwareKeyProvider(load_or_create_master_key(settings.data_dir, master))
 
@@ -88,9 +102,25 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
                                             reason="identity decommissioned")
 
     identities.on_decommission(_on_decommission)
+    ca = CAService(clock, keys, identities, audit, settings.ca)
+    federation = FederationService(clock, identities, audit, settings.federation,
+                                   leeway=settings.tokens.leeway)
+    register_workload_identity(tokens, ca, federation, identities)
     authz = AuthzService(clock, audit, identities)
     authz.install(sessions)
     return Services(settings=settings, clock=clock, engine=engine, sessions=sessions,
                     audit=audit, keys=keys, identities=identities, tokens=tokens,
                     webhooks=webhooks, access=access, approvals=approvals,
-                    secrets=secrets_service, authz=authz)
+                    secrets=secrets_service, authz=authz, ca=ca,
+                    federation=federation)
+
+
+def register_workload_identity(tokens: TokenService, ca: CAService,
+                               federation: FederationService,
+                               identities: IdentityService) -> None:
+    """RFC 7523 §2.1 federated grant; RFC 8705 mutual-TLS client authentication."""
+    from tessera.oauth.rfc7523_jwt_bearer_grant import GRANT_TYPE, JWTBearerGrant
+    from tessera.oauth.rfc8705_mtls import MutualTLSAuthenticator
+
+    tokens.grants[GRANT_TYPE] = JWTBearerGrant(tokens, federation, identities)
+    tokens.authenticators.append(MutualTLSAuthenticator(ca, identities))

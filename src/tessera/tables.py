@@ -4,8 +4,10 @@ from tessera.access.models import (AccessRequestRow, AccessRoleRow, ActionApprov
                                    DecisionRow, WebhookDeliveryRow, WebhookRow)
 from tessera.audit.models import AuditEventRow, AuditHeadRow
 from tessera.authz.models import AuthzStateRow, EntityRow, PolicySetRow, PolicyVersionRow
+from tessera.ca.models import CACertificateRow, IssuedCertificateRow
 from tessera.db.base import Base
 from tessera.db.meta import MetaRow
+from tessera.federation.models import FederatedIssuerRow
 from tessera.identity.models import CredentialRow, GrantRow, IdentityRow
 from tessera.keys.models import SigningKeyRow
 from tessera.jobs import JobRunRow
@@ -18,3 +20,4 @@ __all__ = ["AuditEventRow", "AuditHeadRow", "AuthzStateRow", "EntityRow", "Polic
 __all__ += ["AccessRequestRow", "AccessRoleRow", "ActionApprovalRow", "DecisionRow", "JobRunRow",
             "SecretConnectionRow", "SecretLeaseRow", "SecretTemplateRow", "WebhookDeliveryRow",
             "WebhookRow"]
+__all__ += ["CACertificateRow", "FederatedIssuerRow", "IssuedCertificateRow"]

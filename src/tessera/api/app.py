@@ -11,6 +11,8 @@ from tessera import __version__
 from tessera.api import errors
 from tessera.api.middleware import BodyLimitMiddleware, RequestIDMiddleware
 from tessera.api.routers import access, audit, authz, authzen, identities, oauth
+from tessera.api.routers import ca as ca_router
+from tessera.api.routers import federation as federation_router
 from tessera.api.routers import secrets as secrets_router
 from tessera.config import Settings
 from tessera.container import Services, build
@@ -101,6 +103,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(authzen.router)
     app.include_router(authz.router)
     authzen.install(app)
+    app.include_router(ca_router.router)
+    app.include_router(federation_router.router)
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from tessera.api.tls import certificate_binding_holds
 from tessera.audit import RequestContext
 from tessera.audit import events as ev
 from tessera.authz import ADMIN_SET
@@ -46,6 +47,9 @@ def authenticated_subject(request: Request) -> str:
         claims = get_services(request).tokens.authenticate_bearer(bearer_token(request))
     except InvalidToken as exc:
         raise Unauthenticated("the access token is invalid or expired") from exc
+    if not certificate_binding_holds(request.scope, claims):  # RFC 8705 §3
+        raise Unauthenticated("the token is bound to a certificate this connection did "
+                              "not present")
     return str(claims["sub"])
 
 

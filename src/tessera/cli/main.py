@@ -14,6 +14,7 @@ from tessera.cli.access import access_app, secrets_app
 from tessera.cli.client import Api, fetch_token
 from tessera.cli.common import DataDir, JsonOut, emit, fail, out, run, settings_for
 from tessera.cli.policy import policy_app, resource_app
+from tessera.cli.workload import ca_app, federation_app
 from tessera.config import Settings
 
 app = typer.Typer(help="Tessera: identity and access control plane for AI systems.",
@@ -28,6 +29,8 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
 app.add_typer(policy_app, name="policy")
 app.add_typer(resource_app, name="resource")
+app.add_typer(federation_app, name="federation")
+app.add_typer(ca_app, name="ca")
 
 
 # -- init / serve / token --------------------------------------------------------------------
@@ -57,7 +60,15 @@ def serve(data_dir: DataDir = None,
           host: Annotated[Optional[str], typer.Option(help="Address to bind.")] = None,
           port: Annotated[Optional[int], typer.Option(help="Port (default 8700).")] = None,
           workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
-          log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info") -> None:
+          log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+          tls_cert: Annotated[Optional[Path], typer.Option(
+              help="Serve HTTPS with this certificate (see `tessera ca server-cert`).")] = None,
+          tls_key: Annotated[Optional[Path], typer.Option(help="Its private key.")] = None,
+          tls_client_ca: Annotated[Optional[Path], typer.Option(
+              help="Verify client certificates against this bundle (default: Tessera's CA)."
+          )] = None,
+          tls_require_client_cert: Annotated[bool, typer.Option(
+              help="Refuse connections without a client certificate.")] = False) -> None:
     """Start the server (OAuth authorization server and management API)."""
     import os
 
@@ -80,13 +91,49 @@ def serve(data_dir: DataDir = None,
         fail(str(exc))
     finally:
         services.close()
-    out.print(f"Tessera listening on http://{settings.host}:{settings.port} "
+    scheme = "https" if tls_cert else "http"
+    out.print(f"Tessera listening on {scheme}://{settings.host}:{settings.port} "
               f"(issuer {settings.issuer_url})", highlight=False)
     out.print(f"Admin token:  TESSERA_DATA_DIR={settings.data_dir} tessera token",
               highlight=False)
+    tls: dict[str, Any] = {}
+    if tls_cert or tls_key:
+        tls = tls_options(settings, tls_cert, tls_key, tls_client_ca, tls_require_client_cert)
+        if not settings.issuer:
+            os.environ["TESSERA_ISSUER"] = f"https://{settings.host}:{settings.port}"
     uvicorn.run("tessera.api.app:create_app", factory=True, host=settings.host,
                 port=settings.port, workers=workers, log_level=log_level,
-                server_header=False)
+                server_header=False, **tls)
+
+
+def tls_options(settings: Settings, cert: Path | None, key: Path | None,
+                client_ca: Path | None, require: bool) -> dict[str, Any]:
+    """uvicorn options for HTTPS with client certificates verified against the CA (RFC 8705).
+
+    Client certificates reach the app through the ASGI TLS extension (tessera.api.tls).
+    """
+    import ssl
+
+    from tessera.api.tls import TLSH11Protocol
+
+    if not (cert and key):
+        fail("--tls-cert and --tls-key go together")
+    if client_ca is None:
+        from tessera.container import build
+
+        svc = build(settings)
+        try:
+            with svc.sessions() as s:
+                bundle = svc.ca.bundle_pem(s)
+        finally:
+            svc.close()
+        if not bundle:
+            fail("no CA in this installation; run `tessera ca init`")
+        client_ca = settings.data_dir / "ca-bundle.pem"
+        client_ca.write_text(bundle)
+    return {"ssl_certfile": str(cert), "ssl_keyfile": str(key), "ssl_ca_certs": str(client_ca),
+            "ssl_cert_reqs": ssl.CERT_REQUIRED if require else ssl.CERT_OPTIONAL,
+            "http": TLSH11Protocol}
 
 
 @app.command()

@@ -38,10 +38,11 @@ def new_id(prefix: str, now: datetime) -> str:
 
 @dataclass
 class KeyView:
-    id: str
+    id: str | None
     kid: str
     jwk: dict[str, Any]
     last_used_at: datetime | None
+    thumbprint: str = ""
 
 
 @dataclass
@@ -357,7 +358,7 @@ class IdentityService:
         i, c = IdentityRow.__table__.c, CredentialRow.__table__.c
         rows = session.execute(
             select(i.id, i.status, i.expires_at, i.allowed_scopes, i.allowed_audiences,
-                   i.last_seen_at, c.id.label("cid"), c.kid, c.public_jwk,
+                   i.last_seen_at, c.id.label("cid"), c.kid, c.public_jwk, c.thumbprint,
                    c.expires_at.label("cexp"), c.last_used_at)
             .select_from(IdentityRow.__table__.outerjoin(
                 CredentialRow.__table__, (c.identity_id == i.id) & (c.status == "active")))
@@ -367,7 +368,7 @@ class IdentityService:
         first = rows[0]
         usable = first.status == "active" and (first.expires_at is None or
                                                 first.expires_at > now)
-        keys = [KeyView(r.cid, r.kid, r.public_jwk, r.last_used_at) for r in rows
+        keys = [KeyView(r.cid, r.kid, r.public_jwk, r.last_used_at, r.thumbprint) for r in rows
                 if r.cid is not None and (r.cexp is None or r.cexp > now)]
         return ClientView(first.id, usable, list(first.allowed_scopes),
                           list(first.allowed_audiences), first.expires_at, first.last_seen_at,
@@ -377,7 +378,7 @@ class IdentityService:
         """Record use; written at most once a minute per row to keep the hot path light."""
         now = self._clock.now()
         stale = timedelta(seconds=60)
-        if key.last_used_at is None or now - key.last_used_at > stale:
+        if key.id is not None and (key.last_used_at is None or now - key.last_used_at > stale):
             session.execute(update(CredentialRow).where(CredentialRow.id == key.id)
                             .values(last_used_at=now))
         if client.last_seen_at is None or now - client.last_seen_at > stale:

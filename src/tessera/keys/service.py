@@ -50,14 +50,15 @@ class KeyService:
     def provider(self) -> KeyProvider:
         return self._provider
 
-    def create(self, session: Session, alg: str = "ES256", *, activate: bool = True) -> str:
+    def create(self, session: Session, alg: str = "ES256", *, activate: bool = True,
+               purpose: str = "token") -> str:
         """Generate a key in the provider and record it; returns its kid."""
         if alg not in SUPPORTED_ALGS:
             raise ValueError(f"alg must be one of {', '.join(SUPPORTED_ALGS)}")
         now = self._clock.now()
         kid = new_kid(now)
         generated = self._provider.generate(kid, alg)
-        session.add(SigningKeyRow(kid=kid, alg=alg, provider=self._provider.name,
+        session.add(SigningKeyRow(kid=kid, alg=alg, provider=self._provider.name, purpose=purpose,
                                   public_jwk=generated.public_jwk, private_blob=generated.blob,
                                   status="active" if activate else "pending", created_at=now,
                                   activated_at=now if activate else None))
@@ -69,6 +70,7 @@ class KeyService:
         """Activate a pending key (or a new one); the old one verifies until its tokens die."""
         now = self._clock.now()
         rows = session.scalars(select(SigningKeyRow).where(
+            SigningKeyRow.purpose == "token",
             SigningKeyRow.status.in_(("active", "pending")))).all()
         pending = [r for r in rows if r.status == "pending"]
         if pending:
@@ -88,6 +90,19 @@ class KeyService:
         session.flush()
         self.invalidate()
         return new.kid
+
+    def signer_for(self, session: Session, kid: str) -> Signer:
+        """A signer for one stored key of any purpose (the CA's keys use this)."""
+        row = session.get(SigningKeyRow, kid)
+        if row is None:
+            raise NoActiveKey(f"no key {kid}")
+        return self._provider.load_signer(row.kid, row.alg, row.private_blob)
+
+    def public_jwk(self, session: Session, kid: str) -> dict[str, Any]:
+        row = session.get(SigningKeyRow, kid)
+        if row is None:
+            raise NoActiveKey(f"no key {kid}")
+        return dict(row.public_jwk)
 
     def invalidate(self) -> None:
         self._loaded_at = -1e18

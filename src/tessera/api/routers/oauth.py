@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from tessera.api.deps import ServicesDep, get_services, request_context
 from tessera.api.errors import NO_STORE, oauth_error_response
+from tessera.api.tls import client_cert_der
 from tessera.audit import RequestContext
 from tessera.container import Services
 from tessera.errors import InvalidRequest, OAuthError
@@ -65,7 +66,8 @@ async def token(request: Request) -> JSONResponse:
     try:
         form, resources = parse_form(request, await request.body())
         transport = {"method": request.method, "url": str(request.url),
-                     "headers": {k.lower(): v for k, v in request.headers.items()}}
+                     "headers": {k.lower(): v for k, v in request.headers.items()},
+                     "client_cert": client_cert_der(request.scope)}
         body = await run_in_threadpool(_issue, services, form, resources, ctx, transport)
     except OAuthError as err:
         return oauth_error_response(err)
