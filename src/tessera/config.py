@@ -25,6 +25,23 @@ class IdentitySettings(BaseModel):
     max_expiry_days: int = Field(90, ge=1, le=3650)
 
 
+class AuditSettings(BaseModel):
+    checkpoint_every: int = Field(1000, ge=0, le=1_000_000, description="events per checkpoint")
+    checkpoint_seconds: float = Field(60.0, ge=1, le=86400, description="checkpoint period (s)")
+    group_commit: bool = True
+    otlp_endpoint: str | None = None
+
+
+class MonitorSettings(BaseModel):
+    enabled: bool = True
+    interval: float = Field(1.0, gt=0, le=60, description="event-stream poll period (s)")
+    learning_days: float = Field(3.0, ge=0, le=90)
+    risk_half_life_hours: float = Field(6.0, gt=0, le=24 * 30)
+    # Responses by risk threshold: "notify", "require_approval", "suspend".
+    responses: dict[str, int] = Field(default_factory=lambda: {
+        "notify": 40, "require_approval": 60, "suspend": 85})
+
+
 class Settings(BaseSettings):
     """Everything Tessera reads from its environment."""
 
@@ -42,6 +59,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 1024
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
     @field_validator("data_dir")
     @classmethod

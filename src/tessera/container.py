@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from tessera.audit import AuditService
+from tessera.audit import AuditOptions, AuditService
 from tessera.clock import Clock, SystemClock
 from tessera.config import Settings
 from tessera.db import make_engine, make_session_factory
@@ -33,6 +33,7 @@ class Services:
     tokens: TokenService
 
     def close(self) -> None:
+        self.audit.close()
         self.engine.dispose()
 
 
@@ -52,11 +53,15 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
                 trust_domain = get_meta(s, "trust_domain")
         except Exception:  # noqa: BLE001 - an un-migrated database has no meta table yet
             trust_domain = None
-    audit = AuditService(clock, settings.node_id)
+    audit = AuditService(clock, settings.node_id, AuditOptions(
+        checkpoint_every=settings.audit.checkpoint_every,
+        group_commit=settings.audit.group_commit))
     keys = KeyService(make_session_factory(engine, readonly=True), provider or make_key_provider(settings), clock)
     identities = IdentityService(clock, audit, IdentityRules(
         trust_domain=trust_domain or DEFAULT_TRUST_DOMAIN,
         max_expiry_days=settings.identity.max_expiry_days))
+    audit.use_signer(keys.signer)
+    audit.use_group_commit(sessions)
     tokens = TokenService(issuer=settings.issuer_url, clock=clock, keys=keys,
                           identities=identities, audit=audit, settings=settings.tokens)
     return Services(settings=settings, clock=clock, engine=engine, sessions=sessions,

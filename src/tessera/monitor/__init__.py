@@ -1,0 +1,1 @@
+"""Behavioural monitoring: baselines, detectors, risk scores, responses, CAEP push."""
