@@ -15,6 +15,9 @@ from tessera.db.meta import get_meta
 from tessera.identity import IdentityRules, IdentityService
 from tessera.keys.ports import KeyProvider
 from tessera.keys.service import KeyService
+from tessera.monitor.caep import CaepService
+from tessera.monitor.engine import MonitorConfig
+from tessera.monitor.service import MonitorService
 from tessera.keys.software import SoftwareKeyProvider, load_or_create_master_key
 from tessera.oauth.service import TokenService
 
@@ -31,6 +34,8 @@ class Services:
     keys: KeyService
     identities: IdentityService
     tokens: TokenService
+    monitor: MonitorService | None = None
+    caep: CaepService | None = None
 
     def close(self) -> None:
         self.audit.close()
@@ -64,5 +69,13 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
     audit.use_group_commit(sessions)
     tokens = TokenService(issuer=settings.issuer_url, clock=clock, keys=keys,
                           identities=identities, audit=audit, settings=settings.tokens)
+    monitor = MonitorService(clock, audit, identities, make_session_factory(engine, readonly=True),
+                             config=MonitorConfig(
+                                 learning_seconds=settings.monitor.learning_days * 86400,
+                                 half_life=settings.monitor.risk_half_life_hours * 3600),
+                             thresholds=settings.monitor.responses)
+    caep = CaepService(clock, audit, tokens.issuer, keys.signer)
+    monitor.event_hooks.append(caep.on_events)
     return Services(settings=settings, clock=clock, engine=engine, sessions=sessions,
-                    audit=audit, keys=keys, identities=identities, tokens=tokens)
+                    audit=audit, keys=keys, identities=identities, tokens=tokens,
+                    monitor=monitor, caep=caep)

@@ -15,6 +15,7 @@ from tessera.config import Settings
 from tessera.container import Services, build
 from tessera.db import migrate
 from tessera.jobs import Job, JobRunner
+from tessera.watch import watch_jobs
 
 
 class NotMigrated(RuntimeError):
@@ -36,7 +37,7 @@ def default_jobs(services: Services) -> list[Job]:
             services.tokens.purge_expired(session)
             session.commit()
 
-    return [Job("purge-used-jtis", 60.0, purge_jtis)]
+    return [Job("purge-used-jtis", 60.0, purge_jtis), *watch_jobs(services)]
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None, *,
