@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from tessera import __version__
 from tessera.api import errors
 from tessera.api.middleware import BodyLimitMiddleware, RequestIDMiddleware
-from tessera.api.routers import audit, identities, oauth
+from tessera.api.routers import audit, identities, monitor, oauth
 from tessera.config import Settings
 from tessera.container import Services, build
 from tessera.db import migrate
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(oauth.router)
     app.include_router(identities.router)
     app.include_router(audit.router)
+    app.include_router(monitor.router)
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:

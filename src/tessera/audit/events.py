@@ -22,6 +22,7 @@ ALERT_RESOLVED = "monitor.alert.resolved"
 RESPONSE_APPLIED = "monitor.response.applied"
 RESPONSE_UNDONE = "monitor.response.undone"
 OWNER_NOTIFIED = "monitor.owner.notified"
+RISK_SET = "monitor.risk.set"
 SUBSCRIPTION_CREATED = "caep.subscription.created"
 SUBSCRIPTION_DELETED = "caep.subscription.deleted"
 # Emitted by the OAuth helpers; the monitor listens for them.

@@ -76,7 +76,7 @@ class GroupCommitter:
                 with self._sessions() as session:
                     written = self._append(session, flat)
                     session.commit()
-            except Exception as exc:  # noqa: BLE001 - every waiter must hear of the failure
+            except Exception as exc:
                 log.exception("audit group commit failed")
                 for _, fut in batch:
                     fut.set_exception(exc)
@@ -90,7 +90,7 @@ class GroupCommitter:
             if self._after_commit:
                 try:
                     self._after_commit(written)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("audit subscriber failed")
 
     def close(self) -> None:

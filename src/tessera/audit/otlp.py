@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 SCOPE = "tessera.audit"
@@ -41,7 +41,7 @@ def attributes(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _nanos(ts: str) -> int:
-    dt = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    dt = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     return int(dt.timestamp() * 1_000_000) * 1000
 
 

@@ -21,11 +21,19 @@ from sqlalchemy import delete, event, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.audit import events as ev
-from tessera.audit.chain import (CHECKPOINT_TYP, GENESIS, Checkpoint, VerifyReport, canonical,
-                                 chain_hash, hashed_part, ts_text, verify_chain)
+from tessera.audit.chain import (
+    CHECKPOINT_TYP,
+    GENESIS,
+    Checkpoint,
+    VerifyReport,
+    canonical,
+    chain_hash,
+    hashed_part,
+    ts_text,
+    verify_chain,
+)
 from tessera.audit.groupcommit import GroupCommitter
-from tessera.audit.models import (AuditCheckpointRow, AuditEventRow, AuditHeadRow,
-                                  AuditRetentionRow)
+from tessera.audit.models import AuditCheckpointRow, AuditEventRow, AuditHeadRow, AuditRetentionRow
 from tessera.clock import Clock
 from tessera.errors import Conflict, ValidationFailed
 
@@ -143,7 +151,7 @@ class AuditService:
         for fn in self._subscribers:
             try:
                 fn(events)
-            except Exception:  # noqa: BLE001 - a subscriber must not break the writer
+            except Exception:
                 log.exception("audit subscriber failed")
 
     # -- writing ----------------------------------------------------------------------------
@@ -194,7 +202,7 @@ class AuditService:
         if self._signer is not None and every > 0 and first // every != head.seq // every:
             try:
                 self._sign_checkpoint(session, head.seq, head.hash)
-            except Exception:  # noqa: BLE001 - no key yet: the periodic job signs later
+            except Exception:
                 log.warning("audit checkpoint at %s not signed", head.seq, exc_info=True)
         return written
 
@@ -333,7 +341,7 @@ def _after_commit(session: Session) -> None:
         # Blocks until the committer's transaction holding these events has committed.
         committer.append_now(state["group"])
     if state["written"]:
-        service._notify(state["written"])  # noqa: SLF001
+        service._notify(state["written"])
 
 
 @event.listens_for(Session, "after_rollback")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 MAX_ITEMS = 500  # resources/actions/networks remembered per identity
@@ -39,7 +39,7 @@ class Event:
 
     @property
     def hour(self) -> int:
-        return datetime.fromtimestamp(self.ts, timezone.utc).hour
+        return datetime.fromtimestamp(self.ts, UTC).hour
 
 
 def network_of(source: str | None) -> str | None:

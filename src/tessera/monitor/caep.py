@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -138,7 +138,7 @@ class CaepService:
             if not subject:
                 continue
             ts = datetime.strptime(rec["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-                tzinfo=timezone.utc)
+                tzinfo=UTC)
             for sub in subs:
                 if event_type not in sub.events:
                     continue

@@ -7,7 +7,7 @@ alert's contribution to the identity's risk (0-100).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from tessera.monitor.baseline import Baseline, Event, network_of
@@ -37,7 +37,7 @@ class Detector(Protocol):
 
 
 def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%H:%M UTC")
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M UTC")
 
 
 class FirstUse:
@@ -88,9 +88,10 @@ class OutsideHours:
 
     name = "outside_hours"
     score = 20
+    min_history = 2 * 86400  # hours of the day mean nothing before two whole days
 
     def check(self, b: Baseline, e: Event, ctx: DetectorContext) -> Finding | None:
-        if not ctx.trusted:
+        if not ctx.trusted or e.ts - b.first_seen < self.min_history:
             return None
         active = b.active_hours()
         if e.hour in active or (e.hour - 1) % 24 in active and (e.hour + 1) % 24 in active:

@@ -10,12 +10,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from tessera.monitor.baseline import Baseline, Event
-from tessera.monitor.detectors import (REFRESH_REUSE_TYPES, Detector, DetectorContext,
-                                       Finding, default_detectors)
+from tessera.monitor.detectors import (
+    REFRESH_REUSE_TYPES,
+    Detector,
+    DetectorContext,
+    Finding,
+    default_detectors,
+)
 
 MONITOR_ACTOR = "tessera.monitor"
 
@@ -79,7 +84,7 @@ def event_from_audit(rec: dict[str, Any]) -> Event | None:
         return None
     ts = rec["ts"]
     if isinstance(ts, str):
-        ts = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+        ts = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     data = rec.get("data") or {}
     return Event(seq=int(rec.get("seq") or 0), ts=ts.timestamp(), type=str(rec["type"]),
                  identity=str(identity), outcome=str(rec.get("outcome") or "success"),

@@ -10,7 +10,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -23,8 +23,7 @@ from tessera.errors import Conflict, NotFound, ValidationFailed
 from tessera.identity import IdentityService
 from tessera.monitor.baseline import Baseline
 from tessera.monitor.engine import MONITOR_ACTOR, Alert, Monitor, MonitorConfig, event_from_audit
-from tessera.monitor.models import (AlertRow, BaselineRow, ResponseRow, RiskRow,
-                                    StreamCursorRow)
+from tessera.monitor.models import AlertRow, BaselineRow, ResponseRow, RiskRow, StreamCursorRow
 
 CURSOR = "monitor"
 RESPONSE_KINDS = ("notify", "require_approval", "suspend")
@@ -33,7 +32,7 @@ EventHook = Callable[[Session, list[dict[str, Any]]], None]
 
 
 def _dt(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, timezone.utc)
+    return datetime.fromtimestamp(ts, UTC)
 
 
 class MonitorService:
