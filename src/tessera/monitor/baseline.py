@@ -8,13 +8,14 @@ document so it can be stored between runs and shared by nodes.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 MAX_ITEMS = 500  # resources/actions/networks remembered per identity
-RATE_ALPHA = 0.05  # EWMA weight of one minute of traffic
+RATE_ALPHA = 0.02  # EWMA weight of one minute of traffic, per hour of day
+MAX_GAP_MINUTES = 2 * 1440  # idle minutes fed as zeros after a gap (older ones are moot)
 TOKEN_TYPES = ("oauth.token.issued",)
 
 
@@ -39,9 +40,11 @@ class Event:
 
     @property
     def hour(self) -> int:
-        return datetime.fromtimestamp(self.ts, UTC).hour
+        """Hour of the day, UTC."""
+        return int(self.ts // 3600) % 24
 
 
+@functools.lru_cache(maxsize=65536)
 def network_of(source: str | None) -> str | None:
     """The /24 (IPv4) or /48 (IPv6) an address belongs to; None when it is not an address."""
     if not source:
@@ -67,8 +70,8 @@ class Baseline:
     # Rate: the current minute's count, and EWMA/EW-MAD over completed minutes.
     minute: int = 0
     minute_count: int = 0
-    rate_mean: float = 0.0
-    rate_dev: float = 0.0
+    rate_mean: list[float] = field(default_factory=lambda: [0.0] * 24)
+    rate_dev: list[float] = field(default_factory=lambda: [0.0] * 24)
     token_hour: int = 0
     token_count: int = 0
     token_rate: float = 0.0
@@ -92,16 +95,17 @@ class Baseline:
         gap = minute - self.minute
         if gap <= 0:
             return
-        self._feed(self.minute_count)
-        # Empty minutes in between pull the mean down; cap the work for long gaps.
-        for _ in range(min(gap - 1, 240)):
-            self._feed(0)
+        self._feed(self.minute, self.minute_count)
+        # Empty minutes in between pull each hour's mean down; cap the work for long gaps.
+        for m in range(max(self.minute + 1, minute - MAX_GAP_MINUTES), minute):
+            self._feed(m, 0)
         self.minute, self.minute_count = minute, 0
 
-    def _feed(self, count: int) -> None:
-        dev = abs(count - self.rate_mean)
-        self.rate_mean += RATE_ALPHA * (count - self.rate_mean)
-        self.rate_dev += RATE_ALPHA * (dev - self.rate_dev)
+    def _feed(self, minute: int, count: int) -> None:
+        h = (minute // 60) % 24
+        mean = self.rate_mean[h]
+        self.rate_mean[h] = mean + RATE_ALPHA * (count - mean)
+        self.rate_dev[h] += RATE_ALPHA * (abs(count - mean) - self.rate_dev[h])
 
     def learn(self, e: Event) -> None:
         if not self.first_seen:

@@ -44,7 +44,7 @@ class FirstUse:
     """A resource or action this identity has never used before."""
 
     name = "first_use"
-    score = 12
+    score = 15
 
     def check(self, b: Baseline, e: Event, ctx: DetectorContext) -> Finding | None:
         if not ctx.trusted:
@@ -73,13 +73,15 @@ class RateSpike:
         if not ctx.trusted:
             return None
         current = b.minute_count + 1
-        limit = b.rate_mean + self.k * max(b.rate_dev, self.floor)
+        h = e.hour
+        mean, dev = b.rate_mean[h], b.rate_dev[h]
+        limit = mean + self.k * max(dev, self.floor)
         if current >= self.min_count and current > limit:
             return Finding(self.name, self.score, f"{e.identity} made {current} requests in "
-                           f"the current minute; its usual rate is {b.rate_mean:.1f} per minute "
+                           f"the current minute; at this hour it usually makes {mean:.1f} "
                            f"(limit {limit:.1f}).", key="rate",
-                           data={"count": current, "mean": round(b.rate_mean, 2),
-                                 "mad": round(b.rate_dev, 2)})
+                           data={"count": current, "mean": round(mean, 2),
+                                 "mad": round(dev, 2), "hour": h})
         return None
 
 
@@ -104,7 +106,7 @@ class NewNetwork:
     """A request from a network the identity has never used."""
 
     name = "new_network"
-    score = 42
+    score = 35
 
     def check(self, b: Baseline, e: Event, ctx: DetectorContext) -> Finding | None:
         net = network_of(e.source)

@@ -32,7 +32,7 @@ class MonitorConfig:
     cooldown: float = 600.0
     half_life: float = 6 * 3600
     learn_below_risk: float = 50.0
-    first_use_per_cooldown: int = 3
+    first_use_per_cooldown: int = 4
 
 
 @dataclass
