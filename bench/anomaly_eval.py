@@ -177,17 +177,23 @@ def build(seed: int, agents_n: int, per_type: int, days: int) -> tuple[Scenario,
     agents = make_agents(rng, agents_n, dormant_n)
     sc = Scenario()
     seq = [0]
+    active = [a for a in agents if a.kind != "dormant"]
+    # A few agents are redeployed on the last day into another cluster of the organisation
+    # (a network other agents use): benign noise for the network detectors.
+    movers = {a.name for a in rng.sample(active, max(1, agents_n // 20))}
     for a in agents:
         if a.kind == "dormant":  # active for four days, five weeks before everyone else
             normal_events(rng, a, t0 - 35 * DAY, 4, seq, 0.0, sc.events)
+        elif a.name in movers:
+            normal_events(rng, a, t0, days - 1, seq, 0.05, sc.events)
+            other = rng.choice([b for b in active if b.name not in movers])
+            a.nets = [other.nets[0][:-1] + "77"]
+            a.creds = a.creds[:1]
+            normal_events(rng, a, t0 + (days - 1) * DAY, 1, seq, 0.05, sc.events)
         else:
             normal_events(rng, a, t0, days, seq, 0.05, sc.events)
-    # A few agents legitimately move to a new network on the last day (benign noise).
-    for a in rng.sample([a for a in agents if a.kind != "dormant"], max(1, agents_n // 30)):
-        a.nets[0] = f"172.16.{rng.randint(0, 255)}.9"
-        normal_events(rng, a, t0 + (days - 1) * DAY, 1, seq, 0.0, sc.events)
     attack_day = t0 + (days - 1) * DAY
-    pool = [a for a in agents if a.kind != "dormant"]
+    pool = [a for a in active if a.name not in movers]
     rng.shuffle(pool)
     dormant = [a for a in agents if a.kind == "dormant"]
     for kind in ATTACKS:

@@ -59,7 +59,7 @@ def test_new_network_after_learning_raises_an_explained_alert_and_risk(
         risk = monitor.risk_of(agent.id, s)
     assert [a.detector for a in alerts] == ["new_network"]
     assert "203.0.113.0/24" in alerts[0].summary and alerts[0].summary.endswith(".")
-    assert risk == 35
+    assert risk == 45
 
 
 def test_risk_decays_with_the_clock(services: Services, clock: FakeClock,

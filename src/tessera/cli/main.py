@@ -338,9 +338,11 @@ def audit_verify(data_dir: DataDir = None,
     else:
         from tessera.container import build
 
+        from tessera.db import make_session_factory
+
         services = build(settings_for(data_dir))
         try:
-            with services.sessions() as session:
+            with make_session_factory(services.engine, readonly=True)() as session:
                 report = services.audit.verify(session, jwks=trusted or _db_jwks(services))
         finally:
             services.close()
@@ -447,7 +449,9 @@ def audit_export(
                                   resource="audit:events",
                                   data={"otlp": bool(otlp), "file": output.name})
             session.commit()
-        with services.sessions() as session:
+        from tessera.db import make_session_factory
+
+        with make_session_factory(services.engine, readonly=True)() as session:
             if str(output) == "-":
                 count = write_export(session, services.clock, services.keys.jwks(), sys.stdout)
             else:
@@ -476,6 +480,10 @@ def db_upgrade(data_dir: DataDir = None) -> None:
         engine.dispose()
     out.print("database schema up to date")
 
+
+from tessera.cli.monitor_cmds import register as _register_monitor  # noqa: E402
+
+_register_monitor(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

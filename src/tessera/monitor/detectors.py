@@ -28,6 +28,7 @@ class Finding:
 class DetectorContext:
     trusted: bool
     learning_seconds: float
+    org_networks: dict[str, int] = field(default_factory=dict)  # seen by any identity
 
 
 class Detector(Protocol):
@@ -44,7 +45,7 @@ class FirstUse:
     """A resource or action this identity has never used before."""
 
     name = "first_use"
-    score = 15
+    score = 10
 
     def check(self, b: Baseline, e: Event, ctx: DetectorContext) -> Finding | None:
         if not ctx.trusted:
@@ -103,18 +104,23 @@ class OutsideHours:
 
 
 class NewNetwork:
-    """A request from a network the identity has never used."""
+    """A request from a network the identity has never used (worse: one nobody has used)."""
 
     name = "new_network"
-    score = 35
+    score = 45
+    known_score = 20
 
     def check(self, b: Baseline, e: Event, ctx: DetectorContext) -> Finding | None:
         net = network_of(e.source)
         if not ctx.trusted or net is None or net in b.networks:
             return None
+        if net in ctx.org_networks:
+            return Finding(self.name, self.known_score, f"{e.identity} made a request from "
+                           f"network {net}, which it has never used before (other identities "
+                           "do).", key=f"n:{net}", data={"network": net, "org_known": True})
         return Finding(self.name, self.score, f"{e.identity} made a request from network "
-                       f"{net}, which it has never used before.", key=f"n:{net}",
-                       data={"network": net})
+                       f"{net}, which no identity has used before.", key=f"n:{net}",
+                       data={"network": net, "org_known": False})
 
 
 class DenialBurst:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from tessera.monitor.baseline import Baseline, Event
+from tessera.monitor.baseline import Baseline, Event, network_of
 from tessera.monitor.detectors import (
     REFRESH_REUSE_TYPES,
     Detector,
@@ -23,6 +23,8 @@ from tessera.monitor.detectors import (
 )
 
 MONITOR_ACTOR = "tessera.monitor"
+ORG = "__org__"  # the pseudo-baseline of networks seen across every identity
+MAX_ORG_NETWORKS = 5000
 
 
 @dataclass
@@ -31,8 +33,8 @@ class MonitorConfig:
     min_events: int = 30
     cooldown: float = 600.0
     half_life: float = 6 * 3600
-    learn_below_risk: float = 50.0
-    first_use_per_cooldown: int = 4
+    learn_below_risk: float = 30.0
+    first_use_per_cooldown: int = 5
 
 
 @dataclass
@@ -134,9 +136,11 @@ class Monitor:
     def observe(self, e: Event) -> list[Alert]:
         b = self.baseline(e.identity)
         b.roll_minute(int(e.ts // 60))
+        org = self.baseline(ORG)
         ctx = DetectorContext(trusted=b.trusted(e.ts, self.config.learning_seconds,
                                                 self.config.min_events),
-                              learning_seconds=self.config.learning_seconds)
+                              learning_seconds=self.config.learning_seconds,
+                              org_networks=org.networks)
         alerts = []
         for detector in self.detectors:
             finding = detector.check(b, e, ctx)
@@ -148,6 +152,11 @@ class Monitor:
                                 finding.summary, round(risk), round(before), finding.data))
         if self.risk.value(e.identity, e.ts) < self.config.learn_below_risk:
             b.learn(e)
+            net = network_of(e.source)
+            if net is not None and (net in org.networks or
+                                    len(org.networks) < MAX_ORG_NETWORKS):
+                org.networks[net] = org.networks.get(net, 0) + 1
+                self.dirty.add(ORG)
         else:  # still count time and rate, so dormant/rate detectors stay correct
             b.last_seen = max(b.last_seen, e.ts)
             b.minute_count += 1

@@ -15,6 +15,7 @@ from tessera.audit import EventQuery
 from tessera.audit import events as ev
 from tessera.audit.export import export_lines
 from tessera.audit.models import AuditEventRow
+from tessera.db import make_session_factory
 from tessera.errors import ValidationFailed
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -57,16 +58,18 @@ def events(session: DbSession, services: ServicesDep, _admin: AdminSubject,
 
 
 @router.get("/export")
-def export(request: Request, services: ServicesDep, admin: AdminSubject) -> StreamingResponse:
+def export(request: Request, session: DbSession, services: ServicesDep,
+           admin: AdminSubject) -> StreamingResponse:
     """The whole log as JSON Lines, verifiable offline with the JWKS (see `audit verify`)."""
-    with services.sessions() as session:
-        services.audit.checkpoint(session)
-        services.audit.record(session, ev.AUDIT_EXPORTED, actor=admin,
-                              ctx=request_context(request, admin), resource="audit:events")
-        session.commit()
+    services.audit.checkpoint(session)
+    services.audit.record(session, ev.AUDIT_EXPORTED, actor=admin,
+                          ctx=request_context(request, admin), resource="audit:events")
+    session.commit()
+    # A read-only session: on SQLite a long export must not hold the write lock.
+    readonly = make_session_factory(services.engine, readonly=True)
 
     def body() -> Iterator[bytes]:
-        with services.sessions() as session:
+        with readonly() as session:
             for line in export_lines(session, services.clock, services.keys.jwks()):
                 yield (line + "\n").encode()
 
@@ -76,8 +79,10 @@ def export(request: Request, services: ServicesDep, admin: AdminSubject) -> Stre
 
 
 @router.get("/verify")
-def verify(session: DbSession, services: ServicesDep, _admin: AdminSubject) -> dict[str, Any]:
-    return services.audit.verify(session, jwks=services.keys.jwks()).as_dict()
+def verify(services: ServicesDep, _admin: AdminSubject) -> dict[str, Any]:
+    # Read-only: walking a long log must not hold SQLite's write lock.
+    with make_session_factory(services.engine, readonly=True)() as session:
+        return services.audit.verify(session, jwks=services.keys.jwks()).as_dict()
 
 
 @router.post("/checkpoints", status_code=201)
