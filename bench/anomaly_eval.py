@@ -18,7 +18,7 @@ import random
 import statistics
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from tessera.clock import FakeClock
 from tessera.monitor.baseline import Event
@@ -172,7 +172,7 @@ def inject(rng: random.Random, kind: str, a: Agent, start: float, seq: list[int]
 
 def build(seed: int, agents_n: int, per_type: int, days: int) -> tuple[Scenario, float]:
     rng = random.Random(seed)
-    t0 = datetime(2026, 3, 2, tzinfo=timezone.utc).timestamp()
+    t0 = datetime(2026, 3, 2, tzinfo=UTC).timestamp()
     dormant_n = per_type
     agents = make_agents(rng, agents_n, dormant_n)
     sc = Scenario()
@@ -211,7 +211,7 @@ def evaluate(sc: Scenario, clock: FakeClock) -> dict[str, object]:
     crossings: list[tuple[str, float]] = []
     alerts = 0
     for e in sc.events:
-        clock.set(datetime.fromtimestamp(e.ts, timezone.utc))
+        clock.set(datetime.fromtimestamp(e.ts, UTC))
         alerts += len(monitor.observe(e))
         risk = monitor.risk.value(e.identity, e.ts)
         was = above.get(e.identity, False)

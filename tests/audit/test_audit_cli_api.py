@@ -120,7 +120,7 @@ class OTLPReceiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 outer.requests.append((self.path, body))
                 self.send_response(200)
@@ -147,8 +147,7 @@ def collector() -> Iterator[OTLPReceiver]:
 def test_otlp_export_sends_logs_and_spans_with_semantic_attributes(
         services: Services, collector: OTLPReceiver) -> None:
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-        ExportTraceServiceRequest)
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
     from tessera.audit.otlp import export_otlp
 

@@ -12,8 +12,8 @@ from sqlalchemy.exc import DBAPIError
 
 from tessera.audit.chain import chain_hash, hashed_part
 from tessera.audit.export import verify_lines, write_export
-from tessera.audit.service import row_dict
 from tessera.audit.models import AuditEventRow
+from tessera.audit.service import row_dict
 from tessera.container import Services
 
 
@@ -197,9 +197,8 @@ def test_postgres_trigger_refuses_update_and_delete(services: Services) -> None:
     for sql in ("UPDATE audit_events SET outcome = 'failure' WHERE seq = 2",
                 "DELETE FROM audit_events WHERE seq = 2",
                 "DELETE FROM audit_checkpoints"):
-        with pytest.raises(DBAPIError, match="append-only"):
-            with services.engine.begin() as conn:
-                conn.execute(text(sql))
+        with pytest.raises(DBAPIError, match="append-only"), services.engine.begin() as conn:
+            conn.execute(text(sql))
     assert verify(services).ok
 
 

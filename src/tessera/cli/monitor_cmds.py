@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -30,10 +30,10 @@ def _call(method: str, path: str, **kwargs: Any) -> Any:
 
 
 @alerts_app.command("list")
-def alerts_list(identity: Annotated[Optional[str], typer.Option()] = None,
-                status: Annotated[Optional[str], typer.Option(help="open or resolved")] = None,
-                detector: Annotated[Optional[str], typer.Option()] = None,
-                cursor: Annotated[Optional[str], typer.Option()] = None,
+def alerts_list(identity: Annotated[str | None, typer.Option()] = None,
+                status: Annotated[str | None, typer.Option(help="open or resolved")] = None,
+                detector: Annotated[str | None, typer.Option()] = None,
+                cursor: Annotated[str | None, typer.Option()] = None,
                 limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
                 as_json: JsonOut = False) -> None:
     """List alerts, newest first."""
@@ -66,8 +66,8 @@ def risk_set(identity: str, risk: Annotated[int, typer.Argument(min=0, max=100)]
 
 
 @responses_app.command("list")
-def responses_list(identity: Annotated[Optional[str], typer.Option()] = None,
-                   status: Annotated[Optional[str], typer.Option(help="active or undone")
+def responses_list(identity: Annotated[str | None, typer.Option()] = None,
+                   status: Annotated[str | None, typer.Option(help="active or undone")
                                      ] = None,
                    as_json: JsonOut = False) -> None:
     """List automatic responses."""
@@ -86,9 +86,9 @@ def responses_undo(response_id: str, reason: Annotated[str, typer.Option()] = ""
 
 @subs_app.command("add")
 def subs_add(url: str,
-             event: Annotated[Optional[list[str]], typer.Option(help="CAEP event type URI; "
+             event: Annotated[list[str] | None, typer.Option(help="CAEP event type URI; "
                                                                      "repeatable.")] = None,
-             audience: Annotated[Optional[str], typer.Option()] = None,
+             audience: Annotated[str | None, typer.Option()] = None,
              description: Annotated[str, typer.Option()] = "",
              as_json: JsonOut = False) -> None:
     """Register a webhook that receives SETs (RFC 8935 push)."""
@@ -115,7 +115,7 @@ def subs_delete(sub_id: str, as_json: JsonOut = False) -> None:
 
 @subs_app.command("deliveries")
 def subs_deliveries(sub_id: str,
-                    status: Annotated[Optional[str], typer.Option(
+                    status: Annotated[str | None, typer.Option(
                         help="pending, delivered or failed")] = None,
                     as_json: JsonOut = False) -> None:
     """Show deliveries to one subscriber, undelivered ones included."""

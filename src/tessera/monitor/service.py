@@ -77,6 +77,10 @@ class MonitorService:
         score, at, _ = cached
         return round(score * 0.5 ** (max(0.0, now - at) / self.monitor.config.half_life))
 
+    def requires_approval_now(self, identity_id: str) -> bool:
+        with self._readonly() as session:
+            return self.requires_approval(session, identity_id)
+
     def requires_approval(self, session: Session, identity_id: str) -> bool:
         return session.scalars(select(ResponseRow.id).where(
             ResponseRow.identity_id == identity_id, ResponseRow.kind == "require_approval",

@@ -69,8 +69,8 @@ def export(request: Request, session: DbSession, services: ServicesDep,
     readonly = make_session_factory(services.engine, readonly=True)
 
     def body() -> Iterator[bytes]:
-        with readonly() as session:
-            for line in export_lines(session, services.clock, services.keys.jwks()):
+        with readonly() as ro:
+            for line in export_lines(ro, services.clock, services.keys.jwks()):
                 yield (line + "\n").encode()
 
     return StreamingResponse(body(), media_type="application/jsonl",

@@ -4,9 +4,8 @@ Revision ID: 0006_audit_monitor
 Revises: 0001_core
 Create Date: 2026-11-28 15:45:09.247596
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0006_audit_monitor'
 down_revision = '0001_core'
