@@ -205,8 +205,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backends", default="sqlite,postgresql")
     ap.add_argument("--threads", type=int, default=16, help="concurrent writers")
-    ap.add_argument("--seconds", type=float, default=3.0, help="per write measurement")
-    ap.add_argument("--requests", type=int, default=200, help="token requests per mode")
+    ap.add_argument("--seconds", type=float, default=2.0, help="per write measurement")
+    ap.add_argument("--requests", type=int, default=100, help="token requests per mode")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.quick:

@@ -29,7 +29,10 @@ class AuditSettings(BaseModel):
     checkpoint_every: int = Field(1000, ge=0, le=1_000_000, description="events per checkpoint")
     checkpoint_seconds: float = Field(60.0, ge=1, le=86400, description="checkpoint period (s)")
     group_commit: bool = True
-    otlp_endpoint: str | None = None
+    # Event types (prefixes) written by the group committer; the rest join the caller's
+    # transaction, so they commit atomically with the change they record.
+    group_types: tuple[str, ...] = ("oauth.token.issued", "oauth.token.refused",
+                                    "authz.decision.")
 
 
 class MonitorSettings(BaseModel):

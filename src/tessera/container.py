@@ -60,7 +60,7 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
             trust_domain = None
     audit = AuditService(clock, settings.node_id, AuditOptions(
         checkpoint_every=settings.audit.checkpoint_every,
-        group_commit=settings.audit.group_commit))
+        group_commit=settings.audit.group_commit, group_types=settings.audit.group_types))
     keys = KeyService(make_session_factory(engine, readonly=True), provider or make_key_provider(settings), clock)
     identities = IdentityService(clock, audit, IdentityRules(
         trust_domain=trust_domain or DEFAULT_TRUST_DOMAIN,
