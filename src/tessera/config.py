@@ -33,6 +33,8 @@ class AuditSettings(BaseModel):
     # transaction, so they commit atomically with the change they record.
     group_types: tuple[str, ...] = ("oauth.token.issued", "oauth.token.refused",
                                     "authz.decision.")
+    # Stream every committed event to this OTLP/HTTP collector (e.g. http://127.0.0.1:4318).
+    otlp_endpoint: str | None = None
 
 
 class MonitorSettings(BaseModel):

@@ -67,6 +67,10 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
         max_expiry_days=settings.identity.max_expiry_days))
     audit.use_signer(keys.signer)
     audit.use_group_commit(sessions)
+    if settings.audit.otlp_endpoint:
+        from tessera.audit.otlp import OTLPStream
+
+        audit.subscribe(OTLPStream(settings.audit.otlp_endpoint, node_id=settings.node_id))
     tokens = TokenService(issuer=settings.issuer_url, clock=clock, keys=keys,
                           identities=identities, audit=audit, settings=settings.tokens)
     monitor = MonitorService(clock, audit, identities, make_session_factory(engine, readonly=True),

@@ -171,3 +171,60 @@ def test_otlp_export_sends_logs_and_spans_with_semantic_attributes(
     traces.ParseFromString(next(b for p, b in collector.requests if p == "/v1/traces"))
     span = traces.resource_spans[0].scope_spans[0].spans[0]
     assert span.name == "oauth.token.refused" and span.status.code == 2  # ERROR
+
+
+def test_otlp_stream_sends_each_event_as_it_commits(services: Services,
+                                                    collector: OTLPReceiver) -> None:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    from tessera.audit.otlp import OTLPStream
+
+    stream = OTLPStream(collector.url, node_id="node-test")
+    services.audit.subscribe(stream)
+    with services.sessions() as s:
+        services.audit.record(s, "identity.identity.updated", actor="idn_admin")  # in the tx
+        s.commit()
+    with services.sessions() as s:
+        services.audit.record(s, "authz.decision.made", actor="idn_a")  # group commit
+        s.commit()
+    stream.flush()
+    names = []
+    for path, body in collector.requests:
+        if path == "/v1/logs":
+            req = ExportLogsServiceRequest()
+            req.ParseFromString(body)
+            names += [r.event_name for rl in req.resource_logs for sl in rl.scope_logs
+                      for r in sl.log_records]
+    assert names == ["identity.identity.updated", "authz.decision.made"]
+
+
+def test_cli_search_follow_tails_from_the_last_seen_event(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import tessera.cli.main as main
+
+    calls: list[dict[str, Any]] = []
+    pages = [{"items": [{"seq": 1, "ts": "t", "type": "a.b.c", "outcome": "success",
+                         "actor": "x", "subject": None, "resource": None}],
+              "next_cursor": None, "last_seq": 1},
+             {"items": [], "next_cursor": None, "last_seq": 1},
+             {"items": [{"seq": 2, "ts": "t", "type": "a.b.d", "outcome": "failure",
+                         "actor": "y", "subject": None, "resource": None}],
+              "next_cursor": None, "last_seq": 2}]
+
+    class FakeApi:
+        def __init__(self, _settings: Any) -> None:
+            pass
+
+        def call(self, _method: str, _path: str, params: dict[str, Any]) -> Any:
+            calls.append(dict(params))
+            if not pages:
+                raise KeyboardInterrupt
+            return pages.pop(0)
+
+    monkeypatch.setattr(main, "Api", FakeApi)
+    monkeypatch.setattr("time.sleep", lambda _s: None)
+    res = CliRunner().invoke(cli, ["audit", "search", "--follow", "--type", "a.*", "--json"])
+    lines = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
+    assert [e["seq"] for e in lines] == [1, 2]
+    assert [c.get("cursor") for c in calls] == [None, "1", "1", "2"]
+    assert all(c["type"] == "a.*" for c in calls)

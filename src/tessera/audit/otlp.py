@@ -48,45 +48,70 @@ def _nanos(ts: str) -> int:
 def export_otlp(records: Iterable[dict[str, Any]], endpoint: str, *, node_id: str,
                 timeout: float = 10.0) -> int:
     """Push every record as an OTLP log record and span to `endpoint` (base URL); returns count."""
-    from opentelemetry._logs import SeverityNumber
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk._logs import LoggerProvider
-    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from opentelemetry.trace import SpanKind, Status, StatusCode
-
-    base = endpoint.rstrip("/")
-    resource = Resource.create({"service.name": "tessera", "service.instance.id": node_id})
-    logs = LoggerProvider(resource=resource)
-    logs.add_log_record_processor(BatchLogRecordProcessor(
-        OTLPLogExporter(endpoint=f"{base}/v1/logs", timeout=timeout)))
-    traces = TracerProvider(resource=resource)
-    traces.add_span_processor(BatchSpanProcessor(
-        OTLPSpanExporter(endpoint=f"{base}/v1/traces", timeout=timeout)))
-    logger = logs.get_logger(SCOPE)
-    tracer = traces.get_tracer(SCOPE)
+    stream = OTLPStream(endpoint, node_id=node_id, timeout=timeout)
     count = 0
     try:
         for rec in records:
-            ts = _nanos(rec["ts"])
-            attrs = attributes(rec)
-            failed = rec.get("outcome") == "failure"
-            logger.emit(timestamp=ts, observed_timestamp=ts, event_name=rec["type"],
-                        severity_number=SeverityNumber.WARN if failed else SeverityNumber.INFO,
-                        severity_text="WARN" if failed else "INFO", body=rec["type"],
-                        attributes=attrs)
-            span = tracer.start_span(rec["type"], kind=SpanKind.INTERNAL, start_time=ts,
-                                     attributes=attrs)
-            if failed:
-                span.set_status(Status(StatusCode.ERROR, "failure"))
-            span.end(end_time=ts)
+            stream([rec])
             count += 1
     finally:
-        logs.force_flush()
-        traces.force_flush()
-        logs.shutdown()
-        traces.shutdown()
+        stream.close()
     return count
+
+
+class OTLPStream:
+    """An audit subscriber: every committed event goes to the collector as it happens.
+
+    The OpenTelemetry batch processors send in the background and drop on overload, so the
+    stream never slows a request; the JSON Lines export remains the complete record.
+    """
+
+    def __init__(self, endpoint: str, *, node_id: str, timeout: float = 10.0) -> None:
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        base = endpoint.rstrip("/")
+        resource = Resource.create({"service.name": "tessera", "service.instance.id": node_id})
+        self._logs = LoggerProvider(resource=resource)
+        self._logs.add_log_record_processor(BatchLogRecordProcessor(
+            OTLPLogExporter(endpoint=f"{base}/v1/logs", timeout=timeout)))
+        self._traces = TracerProvider(resource=resource)
+        self._traces.add_span_processor(BatchSpanProcessor(
+            OTLPSpanExporter(endpoint=f"{base}/v1/traces", timeout=timeout)))
+        self._logger = self._logs.get_logger(SCOPE)
+        self._tracer = self._traces.get_tracer(SCOPE)
+
+    def __call__(self, records: list[dict[str, Any]]) -> None:
+        for rec in records:
+            _emit(self._logger, self._tracer, rec)
+
+    def flush(self) -> None:
+        self._logs.force_flush()
+        self._traces.force_flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._logs.shutdown()
+        self._traces.shutdown()
+
+
+def _emit(logger: Any, tracer: Any, rec: dict[str, Any]) -> None:
+    from opentelemetry._logs import SeverityNumber
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    ts = _nanos(rec["ts"])
+    attrs = attributes(rec)
+    failed = rec.get("outcome") == "failure"
+    logger.emit(timestamp=ts, observed_timestamp=ts, event_name=rec["type"],
+                severity_number=SeverityNumber.WARN if failed else SeverityNumber.INFO,
+                severity_text="WARN" if failed else "INFO", body=rec["type"], attributes=attrs)
+    span = tracer.start_span(rec["type"], kind=SpanKind.INTERNAL, start_time=ts,
+                             attributes=attrs)
+    if failed:
+        span.set_status(Status(StatusCode.ERROR, "failure"))
+    span.end(end_time=ts)

@@ -142,6 +142,10 @@ class AuditService:
         if self._committer is not None:
             self._committer.close()
             self._committer = None
+        for fn in self._subscribers:
+            closer = getattr(fn, "close", None)
+            if callable(closer):
+                closer()
 
     @property
     def committer(self) -> GroupCommitter | None:

@@ -414,6 +414,18 @@ def audit_search(
         return
 
 
+@audit_app.command("retain")
+def audit_retain(before: Annotated[str, typer.Argument(
+                     help="Remove events older than this: RFC 3339 time or an age (90d).")],
+                 as_json: JsonOut = False) -> None:
+    """Remove old events up to a signed checkpoint; the chain still verifies (audited)."""
+    if before[-1:] in ("d", "h") and before[:-1].isdigit():
+        delta = timedelta(**{"days" if before[-1] == "d" else "hours": int(before[:-1])})
+        before = (datetime.now(timezone.utc) - delta).isoformat()
+    emit(run(lambda: Api(Settings()).call("POST", "/v1/audit/retention",
+                                          json={"before": before})), as_json)
+
+
 @audit_app.command("list")
 def audit_list(after: Annotated[int, typer.Option(help="Start after this sequence.")] = 0,
                limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
