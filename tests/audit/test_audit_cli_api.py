@@ -200,7 +200,7 @@ def test_otlp_stream_sends_each_event_as_it_commits(services: Services,
 
 def test_cli_search_follow_tails_from_the_last_seen_event(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import tessera.cli.main as main
+    from tessera.cli import main
 
     calls: list[dict[str, Any]] = []
     pages = [{"items": [{"seq": 1, "ts": "t", "type": "a.b.c", "outcome": "success",
