@@ -156,3 +156,18 @@ def test_monitor_reads_only_new_events(services: Services, clock: FakeClock,
     with services.sessions() as s:
         assert monitor.process(s) == 0
     assert first > 0
+
+
+def test_refused_token_requests_naming_a_victim_do_not_raise_its_risk(
+        services: Services, clock: FakeClock, make_identity: Callable[..., Any],
+        app_client: TestClient) -> None:
+    monitor = setup_monitor(services)
+    victim = make_identity("agent-victim")
+    learn(services, clock, victim.id)
+    for _ in range(20):  # anyone can claim to be the victim and fail
+        form = victim.form(_key=make_identity().key)
+        assert app_client.post("/oauth2/token", data=form).status_code == 401
+    process(services)
+    with services.sessions() as s:
+        assert monitor.alerts(s, identity=victim.id)[0] == []
+        assert services.identities.get(s, victim.id).status == "active"

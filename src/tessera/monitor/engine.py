@@ -25,6 +25,9 @@ from tessera.monitor.detectors import (
 MONITOR_ACTOR = "tessera.monitor"
 ORG = "__org__"  # the pseudo-baseline of networks seen across every identity
 MAX_ORG_NETWORKS = 5000
+# A refused token request names a client it did not prove to be: counting it against that
+# identity would let anyone raise a victim's risk (and have it suspended).
+UNATTRIBUTED = ("oauth.token.refused",)
 
 
 @dataclass
@@ -82,7 +85,7 @@ def event_from_audit(rec: dict[str, Any]) -> Event | None:
     actor, subject = rec.get("actor"), rec.get("subject")
     identity = subject if rec.get("type") in REFRESH_REUSE_TYPES else actor or subject
     if not identity or identity == MONITOR_ACTOR or str(rec.get("type", "")).startswith(
-            ("monitor.", "caep.", "audit.")):
+            ("monitor.", "caep.", "audit.")) or rec.get("type") in UNATTRIBUTED:
         return None
     ts = rec["ts"]
     if isinstance(ts, str):
