@@ -73,3 +73,13 @@ def test_checkpoint_job_signs_only_a_moved_head(services: Services) -> None:
     with services.sessions() as s:
         again = services.audit.checkpoint(s)
     assert first is not None and first.seq == 1 and again is None
+
+
+def test_session_closed_without_commit_forgets_its_events(services: Services) -> None:
+    s = services.sessions()
+    services.audit.record(s, "test.thing.done")  # joins the transaction
+    services.audit.record(s, "authz.decision.made")  # waits for the commit
+    s.close()
+    s.commit()  # the same session object, reused: nothing stale may be written
+    with services.sessions() as s2:
+        assert services.audit.events(s2) == []

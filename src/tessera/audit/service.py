@@ -356,3 +356,11 @@ def _after_rollback(session: Session) -> None:
 @event.listens_for(Session, "after_soft_rollback")
 def _after_soft_rollback(session: Session, _previous: Any) -> None:
     session.info.pop(_INFO_KEY, None)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _after_transaction_end(session: Session, transaction: Any) -> None:
+    # A session closed without committing forgets its pending events (after_commit has
+    # already taken them when the transaction committed).
+    if transaction.parent is None:
+        session.info.pop(_INFO_KEY, None)
