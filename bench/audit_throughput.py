@@ -79,9 +79,15 @@ def run_writers(n_threads: int, seconds: float, write: Callable[[], None]) -> fl
     stop = time.monotonic() + seconds
     counts = [0] * n_threads
 
+    errors = [0]
+
     def loop(i: int) -> None:
         while time.monotonic() < stop:
-            write()
+            try:
+                write()
+            except Exception:  # noqa: BLE001 - e.g. SQLite busy past its timeout; counted
+                errors[0] += 1
+                continue
             counts[i] += 1
 
     threads = [threading.Thread(target=loop, args=(i,)) for i in range(n_threads)]
@@ -90,6 +96,8 @@ def run_writers(n_threads: int, seconds: float, write: Callable[[], None]) -> fl
         t.start()
     for t in threads:
         t.join()
+    if errors[0]:
+        print(f"  ({errors[0]} writes failed and were not counted)", file=sys.stderr)
     return sum(counts) / (time.monotonic() - start)
 
 
