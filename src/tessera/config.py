@@ -73,6 +73,28 @@ class KeySettings(BaseModel):
     pkcs11_pin: SecretStr | None = None
 
 
+class AuditSettings(BaseModel):
+    checkpoint_every: int = Field(1000, ge=0, le=1_000_000, description="events per checkpoint")
+    checkpoint_seconds: float = Field(60.0, ge=1, le=86400, description="checkpoint period (s)")
+    group_commit: bool = True
+    # Event types (prefixes) written by the group committer; the rest join the caller's
+    # transaction, so they commit atomically with the change they record.
+    group_types: tuple[str, ...] = ("oauth.token.issued", "oauth.token.refused",
+                                    "authz.decision.")
+    # Stream every committed event to this OTLP/HTTP collector (e.g. http://127.0.0.1:4318).
+    otlp_endpoint: str | None = None
+
+
+class MonitorSettings(BaseModel):
+    enabled: bool = True
+    interval: float = Field(1.0, gt=0, le=60, description="event-stream poll period (s)")
+    learning_days: float = Field(3.0, ge=0, le=90)
+    risk_half_life_hours: float = Field(6.0, gt=0, le=24 * 30)
+    # Responses by risk threshold: "notify", "require_approval", "suspend".
+    responses: dict[str, int] = Field(default_factory=lambda: {
+        "notify": 40, "require_approval": 60, "suspend": 85})
+
+
 class Settings(BaseSettings):
     """Everything Tessera reads from its environment."""
 
@@ -95,6 +117,8 @@ class Settings(BaseSettings):
     ca: CASettings = Field(default_factory=CASettings)
     federation: FederationSettings = Field(default_factory=FederationSettings)
     keys: KeySettings = Field(default_factory=KeySettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
     @field_validator("data_dir")
     @classmethod

@@ -8,7 +8,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.access import AccessService, ApprovalService, RoleApproverPolicy, WebhookService
-from tessera.audit import AuditService
+from tessera.audit import AuditOptions, AuditService
 from tessera.authz import AuthzService
 from tessera.ca import CAService
 from tessera.clock import Clock, SystemClock
@@ -20,6 +20,9 @@ from tessera.identity import IdentityRules, IdentityService
 from tessera.identity.models import IdentityRow
 from tessera.keys.ports import KeyProvider
 from tessera.keys.service import KeyService
+from tessera.monitor.caep import CaepService
+from tessera.monitor.engine import MonitorConfig
+from tessera.monitor.service import MonitorService
 from tessera.keys.software import SoftwareKeyProvider, load_or_create_master_key
 from tessera.oauth.service import TokenService
 from tessera.sealing import SecretBox
@@ -45,8 +48,11 @@ class Services:
     authz: AuthzService
     ca: CAService
     federation: FederationService
+    monitor: MonitorService | None = None
+    caep: CaepService | None = None
 
     def close(self) -> None:
+        self.audit.close()
         self.engine.dispose()
 
 
@@ -76,11 +82,19 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
                 trust_domain = get_meta(s, "trust_domain")
         except Exception:  # noqa: BLE001 - an un-migrated database has no meta table yet
             trust_domain = None
-    audit = AuditService(clock, settings.node_id)
+    audit = AuditService(clock, settings.node_id, AuditOptions(
+        checkpoint_every=settings.audit.checkpoint_every,
+        group_commit=settings.audit.group_commit, group_types=settings.audit.group_types))
     keys = KeyService(make_session_factory(engine, readonly=True), provider or make_key_provider(settings), clock)
     identities = IdentityService(clock, audit, IdentityRules(
         trust_domain=trust_domain or DEFAULT_TRUST_DOMAIN,
         max_expiry_days=settings.identity.max_expiry_days))
+    audit.use_signer(keys.signer)
+    audit.use_group_commit(sessions)
+    if settings.audit.otlp_endpoint:
+        from tessera.audit.otlp import OTLPStream
+
+        audit.subscribe(OTLPStream(settings.audit.otlp_endpoint, node_id=settings.node_id))
     tokens = TokenService(issuer=settings.issuer_url, clock=clock, keys=keys,
                           identities=identities, audit=audit, settings=settings.tokens)
     box = SecretBox(load_or_create_master_key(
@@ -108,11 +122,18 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
     register_workload_identity(tokens, ca, federation, identities)
     authz = AuthzService(clock, audit, identities)
     authz.install(sessions)
+    monitor = MonitorService(clock, audit, identities, make_session_factory(engine, readonly=True),
+                             config=MonitorConfig(
+                                 learning_seconds=settings.monitor.learning_days * 86400,
+                                 half_life=settings.monitor.risk_half_life_hours * 3600),
+                             thresholds=settings.monitor.responses)
+    caep = CaepService(clock, audit, tokens.issuer, keys.signer)
+    monitor.event_hooks.append(caep.on_events)
     return Services(settings=settings, clock=clock, engine=engine, sessions=sessions,
                     audit=audit, keys=keys, identities=identities, tokens=tokens,
                     webhooks=webhooks, access=access, approvals=approvals,
                     secrets=secrets_service, authz=authz, ca=ca,
-                    federation=federation)
+                    federation=federation, monitor=monitor, caep=caep)
 
 
 def register_workload_identity(tokens: TokenService, ca: CAService,

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from tessera import __version__
 from tessera.api import errors
 from tessera.api.middleware import BodyLimitMiddleware, RequestIDMiddleware
-from tessera.api.routers import access, audit, authz, authzen, identities, oauth
+from tessera.api.routers import access, audit, authz, authzen, identities, monitor, oauth
 from tessera.api.routers import ca as ca_router
 from tessera.api.routers import federation as federation_router
 from tessera.api.routers import secrets as secrets_router
@@ -18,6 +18,7 @@ from tessera.config import Settings
 from tessera.container import Services, build
 from tessera.db import migrate
 from tessera.jobs import Job, JobRunner, exclusive_job
+from tessera.watch import watch_jobs
 
 
 class NotMigrated(RuntimeError):
@@ -39,7 +40,8 @@ def default_jobs(services: Services) -> list[Job]:
             services.tokens.purge_expired(session)
             session.commit()
 
-    return [Job("purge-used-jtis", 60.0, purge_jtis), *access_jobs(services)]
+    return [Job("purge-used-jtis", 60.0, purge_jtis), *access_jobs(services),
+            *watch_jobs(services)]
 
 
 def access_jobs(services: Services) -> list[Job]:
@@ -105,6 +107,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     authzen.install(app)
     app.include_router(ca_router.router)
     app.include_router(federation_router.router)
+    app.include_router(monitor.router)
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:

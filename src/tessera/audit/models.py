@@ -41,3 +41,29 @@ class AuditHeadRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpointRow(Base):
+    """A signed statement of the chain head: a JWS over (seq, hash) by the server's key."""
+
+    __tablename__ = "audit_checkpoints"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                     primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[datetime]
+    kid: Mapped[str] = mapped_column(String(100))
+    jws: Mapped[str] = mapped_column(String(4000))
+
+
+class AuditRetentionRow(Base):
+    """One retention run: events up to `base_seq` (a checkpoint) were removed."""
+
+    __tablename__ = "audit_retention"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[datetime]
+    actor: Mapped[str | None] = mapped_column(String(200))
+    base_seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    base_hash: Mapped[str] = mapped_column(String(64))
+    deleted: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))

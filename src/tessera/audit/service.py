@@ -1,49 +1,72 @@
-"""Append-only, hash-chained audit log.
+"""Append-only, hash-chained audit log: record, search, checkpoint, retain, verify.
 
-Each event's hash is SHA-256 over the previous event's hash and a canonical encoding of the
-event (JSON with sorted keys, no insignificant white space, UTF-8). An event is written in the
-caller's transaction, so it commits with the change it records or not at all.
+An event recorded with `record` is written in the caller's transaction, so it commits with the
+change it records or not at all. Event types on the hot path (token issuance, decisions) take
+the group-commit path instead: they are handed to a committer thread when the caller's
+transaction commits, and `session.commit()` returns only once they are durable.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
+import re
 import secrets
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import delete, event, func, select, text
+from sqlalchemy.orm import Session, sessionmaker
 
-from tessera.audit.models import AuditEventRow, AuditHeadRow
+from tessera.audit import events as ev
+from tessera.audit.chain import (
+    CHECKPOINT_TYP,
+    GENESIS,
+    Checkpoint,
+    VerifyReport,
+    canonical,
+    chain_hash,
+    hashed_part,
+    ts_text,
+    verify_chain,
+)
+from tessera.audit.groupcommit import GroupCommitter
+from tessera.audit.models import AuditCheckpointRow, AuditEventRow, AuditHeadRow, AuditRetentionRow
 from tessera.clock import Clock
+from tessera.errors import Conflict, ValidationFailed
 
-GENESIS = "0" * 64
-HASHED_FIELDS = ("seq", "id", "ts", "type", "actor", "subject", "action", "resource",
-                 "outcome", "reasons", "request_id", "source", "node_id", "data")
+log = logging.getLogger("tessera.audit")
+Subscriber = Callable[[list[dict[str, Any]]], None]
+SignerFactory = Callable[[], Any]
+_INFO_KEY = "tessera_audit"
 
-
-def canonical(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=str).encode()
-
-
-def event_dict(row: AuditEventRow) -> dict[str, Any]:
-    """The hashed fields of a row, as plain JSON values."""
-    out = {name: getattr(row, name) for name in HASHED_FIELDS}
-    out["ts"] = _ts(row.ts)
-    return out
-
-
-def _ts(ts: datetime) -> str:
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+# Values that look like secrets never enter the log, whatever a caller passes.
+_SECRET_PATTERNS = [
+    re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),  # JWS / JWT
+    re.compile(r"tsr_[a-z]{2,8}_[A-Za-z0-9_-]{8,}"),  # Tessera opaque secrets
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+]
+_SECRET_KEYS = {"password", "secret", "client_secret", "access_token", "refresh_token",
+                "id_token", "assertion", "client_assertion", "subject_token", "actor_token",
+                "private_key", "d"}
+REDACTED = "[redacted]"
 
 
-def chain_hash(prev_hash: str, event: dict[str, Any]) -> str:
-    return hashlib.sha256(prev_hash.encode() + b"\n" + canonical(event)).hexdigest()
+def scrub(value: Any, key: str | None = None) -> Any:
+    """Replace anything that looks like a token, assertion, key or password."""
+    if key is not None and key.lower() in _SECRET_KEYS:
+        return REDACTED
+    if isinstance(value, str):
+        for pattern in _SECRET_PATTERNS:
+            value = pattern.sub(REDACTED, value)
+        return value
+    if isinstance(value, dict):
+        return {k: scrub(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub(v) for v in value]
+    return value
 
 
 @dataclass
@@ -55,100 +78,289 @@ class RequestContext:
     actor: str | None = None
 
 
-class AuditService:
-    """Writes events into the caller's transaction and verifies the chain."""
+@dataclass
+class AuditOptions:
+    checkpoint_every: int = 1000
+    group_commit: bool = True
+    group_types: tuple[str, ...] = ("oauth.token.issued", "oauth.token.refused",
+                                    "authz.decision.")
 
-    def __init__(self, clock: Clock, node_id: str) -> None:
+
+@dataclass
+class EventQuery:
+    after: int = 0
+    limit: int = 100
+    type: str | None = None
+    identity: str | None = None
+    outcome: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    request_id: str | None = None
+
+
+def row_dict(row: AuditEventRow) -> dict[str, Any]:
+    out = hashed_part({name: getattr(row, name) for name in
+                       ("seq", "id", "ts", "type", "actor", "subject", "action", "resource",
+                        "outcome", "reasons", "request_id", "source", "node_id", "data")})
+    out["ts"] = ts_text(row.ts)
+    out["prev_hash"], out["hash"] = row.prev_hash, row.hash
+    return out
+
+
+def event_dict(row: AuditEventRow) -> dict[str, Any]:
+    """The hashed fields of a row, as plain JSON values."""
+    return hashed_part(row_dict(row))
+
+
+class AuditService:
+    """Writes events, signs checkpoints, applies retention and verifies the chain."""
+
+    def __init__(self, clock: Clock, node_id: str, options: AuditOptions | None = None) -> None:
         self._clock = clock
         self._node_id = node_id
+        self.options = options or AuditOptions()
+        self._signer: SignerFactory | None = None
+        self._committer: GroupCommitter | None = None
+        self._subscribers: list[Subscriber] = []
+
+    # -- wiring -----------------------------------------------------------------------------
+
+    def use_signer(self, signer: SignerFactory) -> None:
+        """Sign checkpoints with the key `signer()` returns (the server's active key)."""
+        self._signer = signer
+
+    def use_group_commit(self, sessions: sessionmaker[Session]) -> None:
+        if self.options.group_commit and self._committer is None:
+            self._committer = GroupCommitter(sessions, self._append_batch,
+                                             after_commit=self._notify)
+
+    def subscribe(self, fn: Subscriber) -> None:
+        """Call `fn` with each batch of events after it commits (never inside a transaction)."""
+        self._subscribers.append(fn)
+
+    def close(self) -> None:
+        if self._committer is not None:
+            self._committer.close()
+            self._committer = None
+        for fn in self._subscribers:
+            closer = getattr(fn, "close", None)
+            if callable(closer):
+                closer()
+
+    @property
+    def committer(self) -> GroupCommitter | None:
+        return self._committer
+
+    def _notify(self, events: list[dict[str, Any]]) -> None:
+        for fn in self._subscribers:
+            try:
+                fn(events)
+            except Exception:
+                log.exception("audit subscriber failed")
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _build(self, type: str, *, outcome: str, actor: str | None, subject: str | None,
+               action: str | None, resource: str | None, reasons: Iterable[str],
+               ctx: RequestContext | None, data: dict[str, Any] | None) -> dict[str, Any]:
+        ctx = ctx or RequestContext()
+        return {"id": f"evt_{secrets.token_hex(10)}", "ts": self._clock.now(), "type": type,
+                "actor": actor if actor is not None else ctx.actor, "subject": subject,
+                "action": scrub(action), "resource": scrub(resource), "outcome": outcome,
+                "reasons": [scrub(str(r)) for r in reasons], "request_id": ctx.request_id,
+                "source": ctx.source, "node_id": self._node_id,
+                "data": json.loads(canonical(scrub(data or {})))}
 
     def record(self, session: Session, type: str, *, outcome: str = "success",
                actor: str | None = None, subject: str | None = None, action: str | None = None,
                resource: str | None = None, reasons: Iterable[str] = (),
                ctx: RequestContext | None = None,
-               data: dict[str, Any] | None = None) -> AuditEventRow:
+               data: dict[str, Any] | None = None) -> None:
+        evt = self._build(type, outcome=outcome, actor=actor, subject=subject, action=action,
+                          resource=resource, reasons=reasons, ctx=ctx, data=data)
+        state = session.info.setdefault(_INFO_KEY, {"service": self, "group": [],
+                                                    "written": []})
+        if self._committer is not None and type.startswith(self.options.group_types):
+            # Durable when the caller's commit returns (see _after_commit below).
+            state["group"].append(evt)
+            return
+        state["written"].extend(self._append_batch(session, [evt]))
+
+    def _append_batch(self, session: Session, events: list[dict[str, Any]]
+                      ) -> list[dict[str, Any]]:
         # INVARIANT: the head row is locked for the rest of the transaction, so appends from
         # concurrent transactions (and nodes) form one chain. SQLite gets the same effect
         # from BEGIN IMMEDIATE.
         head = session.scalars(
             select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update()).one()
-        ctx = ctx or RequestContext()
-        ts = self._clock.now()
-        row = AuditEventRow(
-            seq=head.seq + 1, id=f"evt_{secrets.token_hex(10)}", ts=ts, type=type,
-            actor=actor if actor is not None else ctx.actor, subject=subject, action=action,
-            resource=resource, outcome=outcome, reasons=list(reasons),
-            request_id=ctx.request_id, source=ctx.source, node_id=self._node_id,
-            data=json.loads(canonical(data or {})), prev_hash=head.hash, hash="")
-        row.hash = chain_hash(head.hash, event_dict(row))
-        session.add(row)
-        head.seq = row.seq
-        head.hash = row.hash
+        first = head.seq
+        written = []
+        for evt in events:
+            row = AuditEventRow(seq=head.seq + 1, prev_hash=head.hash, hash="", **evt)
+            out = row_dict(row)
+            row.hash = out["hash"] = chain_hash(head.hash, hashed_part(out))
+            session.add(row)
+            head.seq, head.hash = row.seq, row.hash
+            written.append(out)
+        every = self.options.checkpoint_every
+        if self._signer is not None and every > 0 and first // every != head.seq // every:
+            try:
+                self._sign_checkpoint(session, head.seq, head.hash)
+            except Exception:
+                log.warning("audit checkpoint at %s not signed", head.seq, exc_info=True)
+        return written
+
+    def _sign_checkpoint(self, session: Session, seq: int, hash: str) -> AuditCheckpointRow:
+        from tessera.keys.jws import sign_compact
+
+        if self._signer is None:
+            raise RuntimeError("no checkpoint signer configured")
+        signer = self._signer()
+        now = self._clock.now()
+        jws = sign_compact(signer, {"seq": seq, "hash": hash, "iat": int(now.timestamp()),
+                                    "node": self._node_id}, typ=CHECKPOINT_TYP)
+        row = AuditCheckpointRow(seq=seq, hash=hash, ts=now, kid=signer.kid, jws=jws)
+        session.merge(row)
         return row
+
+    def checkpoint(self, session: Session) -> AuditCheckpointRow | None:
+        """Sign the current head unless it is already checkpointed (the periodic job)."""
+        if self._signer is None:
+            return None
+        head = session.scalars(
+            select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update()).one()
+        last = session.scalar(select(func.max(AuditCheckpointRow.seq)))
+        if head.seq == 0 or (last is not None and last >= head.seq):
+            return None
+        return self._sign_checkpoint(session, head.seq, head.hash)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def search(self, session: Session, q: EventQuery) -> list[AuditEventRow]:
+        stmt = select(AuditEventRow).where(AuditEventRow.seq > q.after)
+        if q.type:
+            if q.type.endswith("*"):
+                stmt = stmt.where(AuditEventRow.type.startswith(q.type[:-1], autoescape=True))
+            else:
+                stmt = stmt.where(AuditEventRow.type == q.type)
+        if q.identity:
+            stmt = stmt.where((AuditEventRow.subject == q.identity) |
+                              (AuditEventRow.actor == q.identity))
+        if q.outcome:
+            stmt = stmt.where(AuditEventRow.outcome == q.outcome)
+        if q.since:
+            stmt = stmt.where(AuditEventRow.ts >= q.since)
+        if q.until:
+            stmt = stmt.where(AuditEventRow.ts < q.until)
+        if q.request_id:
+            stmt = stmt.where(AuditEventRow.request_id == q.request_id)
+        return list(session.scalars(stmt.order_by(AuditEventRow.seq).limit(q.limit)))
 
     def events(self, session: Session, *, after: int = 0, limit: int = 100,
                type: str | None = None, subject: str | None = None,
                outcome: str | None = None) -> list[AuditEventRow]:
-        q = select(AuditEventRow).where(AuditEventRow.seq > after)
-        if type:
-            q = q.where(AuditEventRow.type == type)
-        if subject:
-            q = q.where((AuditEventRow.subject == subject) | (AuditEventRow.actor == subject))
-        if outcome:
-            q = q.where(AuditEventRow.outcome == outcome)
-        return list(session.scalars(q.order_by(AuditEventRow.seq).limit(limit)))
+        return self.search(session, EventQuery(after=after, limit=limit, type=type,
+                                               identity=subject, outcome=outcome))
 
     @staticmethod
-    def verify(session: Session, batch: int = 2000) -> VerifyReport:
-        return verify_rows(_iter_rows(session, batch),
-                           session.scalars(select(AuditHeadRow)).one_or_none())
+    def head(session: Session) -> tuple[int, str]:
+        head = session.scalars(select(AuditHeadRow).where(AuditHeadRow.id == 1)).one()
+        return head.seq, head.hash
+
+    @staticmethod
+    def base(session: Session) -> tuple[int, str]:
+        row = session.scalars(select(AuditRetentionRow)
+                              .order_by(AuditRetentionRow.base_seq.desc()).limit(1)).first()
+        return (row.base_seq, row.base_hash) if row else (0, GENESIS)
+
+    @staticmethod
+    def checkpoints(session: Session) -> list[Checkpoint]:
+        return [Checkpoint(r.seq, r.hash, r.jws) for r in session.scalars(
+            select(AuditCheckpointRow).order_by(AuditCheckpointRow.seq))]
+
+    @staticmethod
+    def iter_rows(session: Session, batch: int = 2000, after: int = 0
+                  ) -> Iterator[dict[str, Any]]:
+        last = after
+        while True:
+            rows = session.scalars(select(AuditEventRow).where(AuditEventRow.seq > last)
+                                   .order_by(AuditEventRow.seq).limit(batch)).all()
+            if not rows:
+                return
+            for row in rows:
+                yield row_dict(row)
+            last = rows[-1].seq
+
+    @classmethod
+    def verify(cls, session: Session, jwks: dict[str, Any] | None = None) -> VerifyReport:
+        """Verify every stored event, the head, and each checkpoint against `jwks`."""
+        return verify_chain(cls.iter_rows(session), head=cls.head(session),
+                            checkpoints=cls.checkpoints(session), jwks=jwks,
+                            base=cls.base(session))
+
+    # -- retention --------------------------------------------------------------------------
+
+    def apply_retention(self, session: Session, before: datetime, *, actor: str | None,
+                        ctx: RequestContext | None = None) -> dict[str, Any]:
+        """Delete events older than `before` up to the newest checkpoint that covers them.
+
+        The chain then starts from that signed checkpoint, which is kept, so the rest still
+        verifies; the operation itself is an audit event.
+        """
+        if before > self._clock.now():
+            raise ValidationFailed("retention cannot remove events from the future")
+        cp = session.scalars(
+            select(AuditCheckpointRow).join(AuditEventRow, AuditEventRow.seq ==
+                                            AuditCheckpointRow.seq)
+            .where(AuditEventRow.ts < before).order_by(AuditCheckpointRow.seq.desc()).limit(1)
+        ).first()
+        base_seq, _ = self.base(session)
+        if cp is None or cp.seq <= base_seq:
+            raise Conflict("no signed checkpoint older than that time: nothing can be removed "
+                           "without breaking the chain", code="no_checkpoint")
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("SET LOCAL tessera.audit_retention = 'on'"))
+        deleted = session.execute(delete(AuditEventRow).where(AuditEventRow.seq <= cp.seq))
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("SET LOCAL tessera.audit_retention = 'off'"))
+        count = int(deleted.rowcount)  # type: ignore[attr-defined]
+        session.add(AuditRetentionRow(ts=self._clock.now(), actor=actor, base_seq=cp.seq,
+                                      base_hash=cp.hash, deleted=count))
+        result = {"base_seq": cp.seq, "deleted": count, "before": ts_text(before)}
+        self.record(session, ev.AUDIT_RETENTION_APPLIED, actor=actor, ctx=ctx,
+                    resource="audit:events", data=result)
+        return result
 
 
-def _iter_rows(session: Session, batch: int) -> Iterator[AuditEventRow]:
-    last = 0
-    while True:
-        rows = session.scalars(select(AuditEventRow).where(AuditEventRow.seq > last)
-                               .order_by(AuditEventRow.seq).limit(batch)).all()
-        if not rows:
-            return
-        yield from rows
-        last = rows[-1].seq
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    state = session.info.pop(_INFO_KEY, None)
+    if not state:
+        return
+    service: AuditService = state["service"]
+    if state["group"]:
+        committer = service.committer
+        if committer is None:  # closed meanwhile: nothing may be lost silently
+            raise RuntimeError("audit committer closed before the event was written")
+        # Blocks until the committer's transaction holding these events has committed.
+        committer.append_now(state["group"])
+    if state["written"]:
+        service._notify(state["written"])
 
 
-@dataclass
-class VerifyReport:
-    ok: bool
-    checked: int
-    head_seq: int
-    problems: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def first_broken(self) -> dict[str, Any] | None:
-        return self.problems[0] if self.problems else None
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_INFO_KEY, None)
 
 
-def verify_rows(rows: Iterable[AuditEventRow], head: AuditHeadRow | None) -> VerifyReport:
-    """Walk the chain; report the first broken link (and stop there)."""
-    prev_hash, expected_seq, checked = GENESIS, 1, 0
-    problems: list[dict[str, Any]] = []
-    for row in rows:
-        if row.seq != expected_seq:
-            kind = "deleted" if row.seq > expected_seq else "reordered"
-            problems.append({"seq": expected_seq, "problem": kind,
-                             "detail": f"expected event {expected_seq}, found {row.seq}"})
-            break
-        if row.prev_hash != prev_hash:
-            problems.append({"seq": row.seq, "problem": "broken_link",
-                             "detail": "prev_hash does not match the previous event's hash"})
-            break
-        if chain_hash(prev_hash, event_dict(row)) != row.hash:
-            problems.append({"seq": row.seq, "problem": "modified",
-                             "detail": "event content does not match its hash"})
-            break
-        prev_hash, expected_seq, checked = row.hash, expected_seq + 1, checked + 1
-    head_seq = head.seq if head else 0
-    if not problems and head is not None and (head.seq != checked or head.hash != prev_hash):
-        problems.append({"seq": checked + 1 if head.seq > checked else head.seq,
-                         "problem": "truncated" if head.seq > checked else "head_mismatch",
-                         "detail": f"chain head says {head.seq} events, found {checked}"})
-    return VerifyReport(ok=not problems, checked=checked, head_seq=head_seq, problems=problems)
+@event.listens_for(Session, "after_soft_rollback")
+def _after_soft_rollback(session: Session, _previous: Any) -> None:
+    session.info.pop(_INFO_KEY, None)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _after_transaction_end(session: Session, transaction: Any) -> None:
+    # A session closed without committing forgets its pending events (after_commit has
+    # already taken them when the transaction committed).
+    if transaction.parent is None:
+        session.info.pop(_INFO_KEY, None)

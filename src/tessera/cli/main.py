@@ -12,7 +12,7 @@ import typer
 
 from tessera.cli.access import access_app, secrets_app
 from tessera.cli.client import Api, fetch_token
-from tessera.cli.common import DataDir, JsonOut, emit, fail, out, run, settings_for
+from tessera.cli.common import DataDir, JsonOut, emit, err, fail, out, run, settings_for
 from tessera.cli.policy import policy_app, resource_app
 from tessera.cli.workload import ca_app, federation_app
 from tessera.config import Settings
@@ -308,31 +308,123 @@ def credential_revoke(identity: str, credential_id: str, as_json: JsonOut = Fals
 
 # -- audit / db ------------------------------------------------------------------------------
 
-@audit_app.command("verify")
-def audit_verify(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
-    """Walk the hash chain in the database and report the first broken link."""
-    from tessera.audit import AuditService
-    from tessera.db import make_engine, make_session_factory
+AUDIT_COLUMNS = ["seq", "ts", "type", "outcome", "actor", "subject", "resource"]
 
-    settings = settings_for(data_dir)
-    engine = make_engine(settings.db_url)
-    try:
-        with make_session_factory(engine)() as session:
-            report = AuditService.verify(session)
-    finally:
-        engine.dispose()
-    result = {"ok": report.ok, "checked": report.checked, "head_seq": report.head_seq,
-              "problems": report.problems}
-    if as_json:
-        print(json.dumps(result, indent=2))
-    elif report.ok:
-        out.print(f"[green]ok[/green]: {report.checked} events, chain intact")
+
+@audit_app.command("verify")
+def audit_verify(data_dir: DataDir = None,
+                 file: Annotated[Optional[Path], typer.Option(
+                     "--file", help="Verify a JSON Lines export instead of the database.")
+                                 ] = None,
+                 jwks: Annotated[Optional[Path], typer.Option(
+                     help="Trusted JWKS file for the checkpoint signatures (default: the "
+                          "database's keys, or the one inside the export).")] = None,
+                 as_json: JsonOut = False) -> None:
+    """Check every event, link, and signed checkpoint; name each tampered spot."""
+    from tessera.audit.export import verify_lines
+
+    trusted = None
+    if jwks is not None:
+        try:
+            trusted = json.loads(jwks.read_text())
+        except (OSError, ValueError):
+            fail(f"{jwks} is not a readable JWKS file")
+    if file is not None:
+        try:
+            with file.open(encoding="utf-8") as fh:
+                report = verify_lines(fh, jwks=trusted)
+        except OSError as exc:
+            fail(f"cannot read {file}: {exc.strerror}")
+            return
     else:
-        p = report.problems[0]
-        out.print(f"[red]broken[/red] at event {p['seq']}: {p['problem']} ({p['detail']}); "
-                  f"{report.checked} events verified before it", highlight=False)
+        from tessera.container import build
+
+        from tessera.db import make_session_factory
+
+        services = build(settings_for(data_dir))
+        try:
+            with make_session_factory(services.engine, readonly=True)() as session:
+                report = services.audit.verify(session, jwks=trusted or _db_jwks(services))
+        finally:
+            services.close()
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    elif report.ok:
+        out.print(f"[green]ok[/green]: {report.checked} events, chain intact, "
+                  f"{report.checkpoints} signed checkpoints verified", highlight=False)
+    else:
+        out.print(f"[red]tampered[/red]: {len(report.problems)} problem(s) in "
+                  f"{report.checked} events", highlight=False)
+        for p in report.problems:
+            out.print(f"  event {p['seq']}: [bold]{p['problem']}[/bold] - {p['detail']}",
+                      highlight=False)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _db_jwks(services: Any) -> dict[str, Any] | None:
+    try:
+        return services.keys.jwks()  # type: ignore[no-any-return]
+    except Exception:  # noqa: BLE001 - no key: checkpoints will be reported as unverifiable
+        return None
+
+
+@audit_app.command("search")
+def audit_search(
+        type: Annotated[Optional[str], typer.Option(help="Event type, or a prefix ending in *.")
+                        ] = None,
+        identity: Annotated[Optional[str], typer.Option(help="Actor or subject id.")] = None,
+        outcome: Annotated[Optional[str], typer.Option(help="success or failure.")] = None,
+        since: Annotated[Optional[str], typer.Option(help="RFC 3339 time, or 1h/2d ago.")
+                         ] = None,
+        until: Annotated[Optional[str], typer.Option(help="RFC 3339 time.")] = None,
+        cursor: Annotated[Optional[str], typer.Option(help="Continue after this seq.")] = None,
+        limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+        follow: Annotated[bool, typer.Option("--follow", "-f",
+                                             help="Keep printing new events as they come.")
+                          ] = False,
+        interval: Annotated[float, typer.Option(help="Poll period with --follow (s).")] = 1.0,
+        as_json: JsonOut = False) -> None:
+    """Search the audit log (filters: time, identity, type, outcome; cursor pagination)."""
+    import time as _time
+
+    def ago(value: str | None) -> str | None:
+        if value and value[-1:] in "dhm" and value[:-1].isdigit():
+            units = {"d": "days", "h": "hours", "m": "minutes"}
+            delta = timedelta(**{units[value[-1]]: int(value[:-1])})
+            return (datetime.now(timezone.utc) - delta).isoformat()
+        return value
+
+    params: dict[str, Any] = {k: v for k, v in {
+        "type": type, "identity": identity, "outcome": outcome, "since": ago(since),
+        "until": until, "limit": limit, "cursor": cursor}.items() if v is not None}
+    api = Api(Settings())
+    while True:
+        page = run(lambda: api.call("GET", "/v1/audit/events", params=params))
+        if follow:
+            for item in page["items"]:
+                print(json.dumps(item) if as_json else
+                      f"{item['seq']:>8} {item['ts']} {item['type']:<32} {item['outcome']:<8} "
+                      f"{item['actor'] or '-'} -> {item['subject'] or '-'} "
+                      f"{item['resource'] or ''}", flush=True)
+            params["cursor"] = str(page["last_seq"])
+            if not page["next_cursor"]:
+                _time.sleep(interval)
+            continue
+        emit(page, as_json, AUDIT_COLUMNS)
+        return
+
+
+@audit_app.command("retain")
+def audit_retain(before: Annotated[str, typer.Argument(
+                     help="Remove events older than this: RFC 3339 time or an age (90d).")],
+                 as_json: JsonOut = False) -> None:
+    """Remove old events up to a signed checkpoint; the chain still verifies (audited)."""
+    if before[-1:] in ("d", "h") and before[:-1].isdigit():
+        delta = timedelta(**{"days" if before[-1] == "d" else "hours": int(before[:-1])})
+        before = (datetime.now(timezone.utc) - delta).isoformat()
+    emit(run(lambda: Api(Settings()).call("POST", "/v1/audit/retention",
+                                          json={"before": before})), as_json)
 
 
 @audit_app.command("list")
@@ -342,11 +434,51 @@ def audit_list(after: Annotated[int, typer.Option(help="Start after this sequenc
                subject: Annotated[Optional[str], typer.Option(help="Identity id.")] = None,
                outcome: Annotated[Optional[str], typer.Option()] = None,
                as_json: JsonOut = False) -> None:
-    """List audit events."""
+    """List audit events (see also `audit search`)."""
     params = {k: v for k, v in {"after": after, "limit": limit, "type": type,
                                 "subject": subject, "outcome": outcome}.items() if v is not None}
     emit(run(lambda: Api(Settings()).call("GET", "/v1/audit/events", params=params)), as_json,
-         ["seq", "ts", "type", "outcome", "actor", "subject", "resource"])
+         AUDIT_COLUMNS)
+
+
+@audit_app.command("export")
+def audit_export(
+        output: Annotated[Path, typer.Option("--output", "-o",
+                                             help="JSON Lines file ('-' for standard output).")],
+        data_dir: DataDir = None,
+        otlp: Annotated[Optional[str], typer.Option(
+            help="Also send every event to this OTLP/HTTP endpoint (e.g. "
+                 "http://127.0.0.1:4318).")] = None) -> None:
+    """Export the whole log (signed checkpoint at the head first) from the database."""
+    from tessera.audit import events as ev
+    from tessera.audit.export import write_export
+    from tessera.container import build
+
+    services = build(settings_for(data_dir))
+    try:
+        with services.sessions() as session:
+            services.audit.checkpoint(session)
+            services.audit.record(session, ev.AUDIT_EXPORTED, actor="cli",
+                                  resource="audit:events",
+                                  data={"otlp": bool(otlp), "file": output.name})
+            session.commit()
+        from tessera.db import make_session_factory
+
+        with make_session_factory(services.engine, readonly=True)() as session:
+            if str(output) == "-":
+                count = write_export(session, services.clock, services.keys.jwks(), sys.stdout)
+            else:
+                with output.open("w", encoding="utf-8") as fh:
+                    count = write_export(session, services.clock, services.keys.jwks(), fh)
+                err.print(f"wrote {count} lines to {output}", highlight=False)
+            if otlp:
+                from tessera.audit.otlp import export_otlp
+
+                sent = export_otlp(services.audit.iter_rows(session), otlp,
+                                   node_id=services.settings.node_id)
+                err.print(f"sent {sent} events to {otlp}", highlight=False)
+    finally:
+        services.close()
 
 
 @db_app.command("upgrade")
@@ -364,6 +496,9 @@ def db_upgrade(data_dir: DataDir = None) -> None:
 
 app.add_typer(access_app, name="access")
 app.add_typer(secrets_app, name="secrets")
+from tessera.cli.monitor_cmds import register as _register_monitor  # noqa: E402
+
+_register_monitor(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,0 +1,167 @@
+"""The monitor's core, free of storage: events in, explained alerts and risk scores out.
+
+`Monitor.observe(event)` runs every detector against the identity's baseline, folds repeats of
+the same finding during a cooldown, raises the identity's risk, and then learns from the event
+(unless the identity is already risky: a baseline must not learn an attack as normal).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tessera.monitor.baseline import Baseline, Event, network_of
+from tessera.monitor.detectors import (
+    REFRESH_REUSE_TYPES,
+    Detector,
+    DetectorContext,
+    Finding,
+    default_detectors,
+)
+
+MONITOR_ACTOR = "tessera.monitor"
+ORG = "__org__"  # the pseudo-baseline of networks seen across every identity
+MAX_ORG_NETWORKS = 5000
+# A refused token request names a client it did not prove to be: counting it against that
+# identity would let anyone raise a victim's risk (and have it suspended).
+UNATTRIBUTED = ("oauth.token.refused",)
+
+
+@dataclass
+class MonitorConfig:
+    learning_seconds: float = 3 * 86400
+    min_events: int = 30
+    cooldown: float = 600.0
+    half_life: float = 6 * 3600
+    learn_below_risk: float = 30.0
+    first_use_per_cooldown: int = 5
+
+
+@dataclass
+class Alert:
+    identity: str
+    ts: float
+    seq: int
+    detector: str
+    score: int
+    summary: str
+    risk: int
+    risk_before: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class RiskBook:
+    """Risk 0-100 per identity; alerts combine like independent probabilities and decay."""
+
+    def __init__(self, half_life: float) -> None:
+        self.half_life = half_life
+        self._scores: dict[str, tuple[float, float]] = {}
+
+    def set(self, identity: str, score: float, at: float) -> None:
+        self._scores[identity] = (max(0.0, min(100.0, score)), at)
+
+    def raw(self, identity: str) -> tuple[float, float] | None:
+        return self._scores.get(identity)
+
+    def value(self, identity: str, now: float) -> float:
+        entry = self._scores.get(identity)
+        if entry is None:
+            return 0.0
+        score, at = entry
+        return score * math.pow(0.5, max(0.0, now - at) / self.half_life)
+
+    def add(self, identity: str, score: float, now: float) -> float:
+        current = self.value(identity, now)
+        new = 100.0 - (100.0 - current) * (1.0 - min(score, 100.0) / 100.0)
+        self.set(identity, new, now)
+        return new
+
+
+def event_from_audit(rec: dict[str, Any]) -> Event | None:
+    """The monitor's view of an audit record; None for events no identity performed."""
+    actor, subject = rec.get("actor"), rec.get("subject")
+    identity = subject if rec.get("type") in REFRESH_REUSE_TYPES else actor or subject
+    if not identity or identity == MONITOR_ACTOR or str(rec.get("type", "")).startswith(
+            ("monitor.", "caep.", "audit.")) or rec.get("type") in UNATTRIBUTED:
+        return None
+    ts = rec["ts"]
+    if isinstance(ts, str):
+        ts = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    data = rec.get("data") or {}
+    return Event(seq=int(rec.get("seq") or 0), ts=ts.timestamp(), type=str(rec["type"]),
+                 identity=str(identity), outcome=str(rec.get("outcome") or "success"),
+                 action=rec.get("action"), resource=rec.get("resource"),
+                 source=rec.get("source"), credential=data.get("kid") or data.get("credential"),
+                 data=data)
+
+
+class Monitor:
+    def __init__(self, config: MonitorConfig | None = None,
+                 detectors: list[Detector] | None = None,
+                 loader: Callable[[str], Baseline | None] | None = None) -> None:
+        self.config = config or MonitorConfig()
+        self.detectors = detectors if detectors is not None else default_detectors()
+        self.risk = RiskBook(self.config.half_life)
+        self.baselines: dict[str, Baseline] = {}
+        self.dirty: set[str] = set()
+        self.loader = loader
+        self._last_alert: dict[tuple[str, str, str], float] = {}
+        self._first_use: dict[str, list[float]] = {}
+
+    def baseline(self, identity: str) -> Baseline:
+        b = self.baselines.get(identity)
+        if b is None:
+            b = (self.loader(identity) if self.loader else None) or Baseline(identity)
+            self.baselines[identity] = b
+        return b
+
+    def _fold(self, e: Event, f: Finding) -> bool:
+        """True when this finding repeats one raised within the cooldown."""
+        key = (e.identity, f.detector, f.key)
+        last = self._last_alert.get(key)
+        if last is not None and e.ts - last < self.config.cooldown:
+            return True
+        if f.detector == "first_use":
+            recent = [t for t in self._first_use.get(e.identity, [])
+                      if e.ts - t < self.config.cooldown]
+            if len(recent) >= self.config.first_use_per_cooldown:
+                return True
+            self._first_use[e.identity] = [*recent, e.ts]
+        self._last_alert[key] = e.ts
+        if len(self._last_alert) > 100_000:
+            horizon = e.ts - self.config.cooldown
+            self._last_alert = {k: v for k, v in self._last_alert.items() if v >= horizon}
+        return False
+
+    def observe(self, e: Event) -> list[Alert]:
+        b = self.baseline(e.identity)
+        b.roll_minute(int(e.ts // 60))
+        org = self.baseline(ORG)
+        ctx = DetectorContext(trusted=b.trusted(e.ts, self.config.learning_seconds,
+                                                self.config.min_events),
+                              learning_seconds=self.config.learning_seconds,
+                              org_networks=org.networks)
+        alerts = []
+        for detector in self.detectors:
+            finding = detector.check(b, e, ctx)
+            if finding is None or self._fold(e, finding):
+                continue
+            before = self.risk.value(e.identity, e.ts)
+            risk = self.risk.add(e.identity, finding.score, e.ts)
+            alerts.append(Alert(e.identity, e.ts, e.seq, finding.detector, finding.score,
+                                finding.summary, round(risk), round(before), finding.data))
+        if self.risk.value(e.identity, e.ts) < self.config.learn_below_risk:
+            b.learn(e)
+            net = network_of(e.source)
+            if net is not None and (net in org.networks or
+                                    len(org.networks) < MAX_ORG_NETWORKS):
+                org.networks[net] = org.networks.get(net, 0) + 1
+                self.dirty.add(ORG)
+        else:  # still count time and rate, so dormant/rate detectors stay correct
+            b.last_seen = max(b.last_seen, e.ts)
+            b.minute_count += 1
+        self.dirty.add(e.identity)
+        return alerts

@@ -1,0 +1,283 @@
+"""The monitor over the database: reads the audit stream by sequence number, stores alerts,
+risk and baselines, and takes the configured response when risk crosses a threshold.
+
+One node at a time consumes the stream (the cursor row is locked); every node can read risk.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from tessera.audit import AuditService
+from tessera.audit import events as ev
+from tessera.clock import Clock
+from tessera.errors import Conflict, NotFound, ValidationFailed
+from tessera.identity import IdentityService
+from tessera.monitor.baseline import Baseline
+from tessera.monitor.engine import MONITOR_ACTOR, Alert, Monitor, MonitorConfig, event_from_audit
+from tessera.monitor.models import AlertRow, BaselineRow, ResponseRow, RiskRow, StreamCursorRow
+
+CURSOR = "monitor"
+RESPONSE_KINDS = ("notify", "require_approval", "suspend")
+TokenRevoker = Callable[[Session, str], int]
+EventHook = Callable[[Session, list[dict[str, Any]]], None]
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+class MonitorService:
+    """Feeds the monitor from the audit log; the risk provider the policy engine reads."""
+
+    def __init__(self, clock: Clock, audit: AuditService, identities: IdentityService,
+                 readonly: sessionmaker[Session], *, config: MonitorConfig | None = None,
+                 thresholds: dict[str, int] | None = None) -> None:
+        self._clock = clock
+        self._audit = audit
+        self._readonly = readonly
+        self._identities = identities
+        self.monitor = Monitor(config)
+        self.thresholds = dict(thresholds or {"notify": 40, "require_approval": 60,
+                                              "suspend": 85})
+        for kind in self.thresholds:
+            if kind not in RESPONSE_KINDS:
+                raise ValueError(f"unknown response {kind!r}")
+        self.token_revokers: list[TokenRevoker] = []
+        self.event_hooks: list[EventHook] = []
+        self._lock = threading.Lock()
+        self._seq = -1  # the cursor as this node last wrote it
+        self._risk_cache: dict[str, tuple[float, float, float]] = {}
+        self.wakeup = threading.Event()
+        audit.subscribe(lambda _events: self.wakeup.set())
+
+    # -- risk (RiskProvider) ----------------------------------------------------------------
+
+    def risk_of(self, identity_id: str, session: Session | None = None) -> int:
+        """Current risk 0-100 of an identity, decayed to now (cached for two seconds)."""
+        now = self._clock.now().timestamp()
+        cached = self._risk_cache.get(identity_id)
+        if cached is None or time.monotonic() - cached[2] > 2.0 or session is not None:
+            if session is not None:
+                row = session.get(RiskRow, identity_id)
+            else:
+                with self._readonly() as s:
+                    row = s.get(RiskRow, identity_id)
+            cached = (row.score, row.updated_at.timestamp(), time.monotonic()) if row else \
+                (0.0, now, time.monotonic())
+            self._risk_cache[identity_id] = cached
+        score, at, _ = cached
+        return round(score * 0.5 ** (max(0.0, now - at) / self.monitor.config.half_life))
+
+    def requires_approval_now(self, identity_id: str) -> bool:
+        with self._readonly() as session:
+            return self.requires_approval(session, identity_id)
+
+    def requires_approval(self, session: Session, identity_id: str) -> bool:
+        return session.scalars(select(ResponseRow.id).where(
+            ResponseRow.identity_id == identity_id, ResponseRow.kind == "require_approval",
+            ResponseRow.status == "active")).first() is not None
+
+    # -- the stream -------------------------------------------------------------------------
+
+    def _loader(self, session: Session) -> Callable[[str], Baseline | None]:
+        def load(identity: str) -> Baseline | None:
+            row = session.get(BaselineRow, identity)
+            return Baseline.from_json(row.state) if row else None
+        return load
+
+    def process(self, session: Session, limit: int = 2000) -> int:
+        """Consume up to `limit` new audit events; the caller commits. Returns how many."""
+        with self._lock:
+            cursor = session.scalars(select(StreamCursorRow).where(
+                StreamCursorRow.name == CURSOR).with_for_update()).one_or_none()
+            if cursor is None:
+                cursor = StreamCursorRow(name=CURSOR, seq=0)
+                session.add(cursor)
+                session.flush()
+            if cursor.seq != self._seq:  # another node moved it: our memory is stale
+                self.monitor = Monitor(self.monitor.config, self.monitor.detectors)
+                for r in session.scalars(select(RiskRow)):
+                    self.monitor.risk.set(r.identity_id, r.score, r.updated_at.timestamp())
+            self.monitor.loader = self._loader(session)
+            records = list(self._audit.iter_rows(session, batch=limit, after=cursor.seq))
+            records = records[:limit]
+            if not records:
+                self._seq = cursor.seq
+                return 0
+            for hook in self.event_hooks:
+                hook(session, records)
+            alerts: list[Alert] = []
+            for rec in records:
+                e = event_from_audit(rec)
+                if e is not None:
+                    alerts.extend(self.monitor.observe(e))
+            for alert in alerts:
+                self._store_alert(session, alert)
+            for identity in {a.identity for a in alerts}:
+                self._respond(session, identity, alerts)
+            self._save(session)
+            cursor.seq = records[-1]["seq"]
+            self._seq = cursor.seq
+            return len(records)
+
+    def _save(self, session: Session) -> None:
+        now = self._clock.now()
+        for identity in self.monitor.dirty:
+            b = self.monitor.baselines.get(identity)
+            if b is None:
+                continue
+            row = session.get(BaselineRow, identity)
+            if row is None:
+                session.add(BaselineRow(identity_id=identity, state=b.to_json(), updated_at=now))
+            else:
+                row.state, row.updated_at = b.to_json(), now
+        self.monitor.dirty.clear()
+        if len(self.monitor.baselines) > 50_000:
+            self.monitor.baselines.clear()
+
+    def _store_alert(self, session: Session, alert: Alert) -> None:
+        row = AlertRow(id=f"alr_{secrets.token_hex(10)}", ts=_dt(alert.ts),
+                       identity_id=alert.identity, detector=alert.detector, score=alert.score,
+                       summary=alert.summary, event_seq=alert.seq, status="open",
+                       data={**alert.data, "risk": alert.risk})
+        session.add(row)
+        raw = self.monitor.risk.raw(alert.identity)
+        if raw is not None:
+            risk = session.get(RiskRow, alert.identity)
+            if risk is None:
+                session.add(RiskRow(identity_id=alert.identity, score=raw[0],
+                                    updated_at=_dt(raw[1])))
+            else:
+                risk.score, risk.updated_at = raw[0], _dt(raw[1])
+            self._risk_cache.pop(alert.identity, None)
+        self._audit.record(session, ev.ALERT_RAISED, actor=MONITOR_ACTOR,
+                           subject=alert.identity, action=alert.detector,
+                           reasons=[alert.summary], outcome="success",
+                           data={"alert": row.id, "score": alert.score, "risk": alert.risk,
+                                 "event_seq": alert.seq})
+
+    # -- responses --------------------------------------------------------------------------
+
+    def _respond(self, session: Session, identity: str, alerts: list[Alert]) -> None:
+        mine = [a for a in alerts if a.identity == identity]
+        before = mine[0].risk_before
+        after = max(a.risk for a in mine)
+        for kind, threshold in sorted(self.thresholds.items(), key=lambda kv: kv[1]):
+            if before < threshold <= after and not self._active(session, identity, kind):
+                self.apply_response(session, identity, kind, threshold, after,
+                                    [a.summary for a in mine])
+
+    @staticmethod
+    def _active(session: Session, identity: str, kind: str) -> bool:
+        return session.scalars(select(ResponseRow.id).where(
+            ResponseRow.identity_id == identity, ResponseRow.kind == kind,
+            ResponseRow.status == "active")).first() is not None
+
+    def apply_response(self, session: Session, identity: str, kind: str, threshold: int,
+                       risk: int, reasons: list[str]) -> ResponseRow | None:
+        row_identity = self._identities.find(session, identity)
+        now = self._clock.now()
+        data: dict[str, Any] = {}
+        if kind == "suspend":
+            if row_identity is None or row_identity.status != "active":
+                return None
+            self._identities.suspend(session, identity, actor=MONITOR_ACTOR,
+                                     reason=f"risk {risk} reached {threshold}")
+            data["tokens_revoked"] = sum(r(session, identity) for r in self.token_revokers)
+        elif kind == "notify":
+            owner = row_identity.owner_id if row_identity is not None else None
+            data["owner"] = owner
+            self._audit.record(session, ev.OWNER_NOTIFIED, actor=MONITOR_ACTOR,
+                               subject=identity, reasons=reasons[:5],
+                               data={"owner": owner, "risk": risk})
+        row = ResponseRow(id=f"rsp_{secrets.token_hex(10)}", ts=now, identity_id=identity,
+                          kind=kind, threshold=threshold, risk=risk, status="active",
+                          data=data, undone_at=None, undone_by=None)
+        session.add(row)
+        self._audit.record(session, ev.RESPONSE_APPLIED, actor=MONITOR_ACTOR, subject=identity,
+                           action=kind, reasons=reasons[:5],
+                           data={"response": row.id, "threshold": threshold, "risk": risk,
+                                 **data})
+        return row
+
+    def undo_response(self, session: Session, response_id: str, *, actor: str,
+                      reason: str = "", ctx: Any = None) -> ResponseRow:
+        row = session.get(ResponseRow, response_id)
+        if row is None:
+            raise NotFound(f"response {response_id!r} not found")
+        if row.status != "active":
+            raise Conflict("this response was already undone", code="already_undone")
+        if row.kind == "suspend":
+            ident = self._identities.find(session, row.identity_id)
+            if ident is not None and ident.status == "suspended":
+                self._identities.resume(session, row.identity_id, actor=actor,
+                                        reason=reason or f"undo {row.id}", ctx=ctx)
+        row.status, row.undone_at, row.undone_by = "undone", self._clock.now(), actor
+        # Risk drops below the response's threshold, or the next alert would redo it at once.
+        self.set_risk(session, row.identity_id, min(self.risk_of(row.identity_id, session),
+                                                    row.threshold - 1))
+        self._audit.record(session, ev.RESPONSE_UNDONE, actor=actor, subject=row.identity_id,
+                           action=row.kind, ctx=ctx, reasons=[reason] if reason else [],
+                           data={"response": row.id})
+        return row
+
+    def set_risk(self, session: Session, identity: str, score: float) -> None:
+        now = self._clock.now()
+        self.monitor.risk.set(identity, score, now.timestamp())
+        risk = session.get(RiskRow, identity)
+        if risk is None:
+            session.add(RiskRow(identity_id=identity, score=score, updated_at=now))
+        else:
+            risk.score, risk.updated_at = score, now
+        self._risk_cache.pop(identity, None)
+
+    # -- alerts -----------------------------------------------------------------------------
+
+    def alerts(self, session: Session, *, identity: str | None = None,
+               status: str | None = None, detector: str | None = None,
+               cursor: str | None = None, limit: int = 50) -> tuple[list[AlertRow], str | None]:
+        q = select(AlertRow)
+        if identity:
+            q = q.where(AlertRow.identity_id == identity)
+        if status:
+            q = q.where(AlertRow.status == status)
+        if detector:
+            q = q.where(AlertRow.detector == detector)
+        if cursor:
+            q = q.where(AlertRow.id < cursor)
+        rows = list(session.scalars(q.order_by(AlertRow.ts.desc(), AlertRow.id.desc())
+                                    .limit(limit + 1)))
+        return rows[:limit], rows[limit - 1].id if len(rows) > limit else None
+
+    def resolve_alert(self, session: Session, alert_id: str, *, actor: str,
+                      reason: str = "", ctx: Any = None) -> AlertRow:
+        row = session.get(AlertRow, alert_id)
+        if row is None:
+            raise NotFound(f"alert {alert_id!r} not found")
+        if row.status != "open":
+            raise Conflict("the alert is already resolved", code="already_resolved")
+        row.status, row.resolved_at, row.resolved_by = "resolved", self._clock.now(), actor
+        self._audit.record(session, ev.ALERT_RESOLVED, actor=actor, subject=row.identity_id,
+                           ctx=ctx, reasons=[reason] if reason else [],
+                           data={"alert": row.id})
+        return row
+
+    def responses(self, session: Session, *, identity: str | None = None,
+                  status: str | None = None, limit: int = 100) -> list[ResponseRow]:
+        q = select(ResponseRow)
+        if identity:
+            q = q.where(ResponseRow.identity_id == identity)
+        if status:
+            if status not in ("active", "undone"):
+                raise ValidationFailed("status must be active or undone")
+            q = q.where(ResponseRow.status == status)
+        return list(session.scalars(q.order_by(ResponseRow.ts.desc()).limit(limit)))

@@ -1,0 +1,85 @@
+"""Group commit: a caller's commit returns only once its events are durable, and a failed
+audit write means no token leaves the server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from tessera.container import Services
+
+
+def test_commit_returns_after_the_grouped_event_is_durable(services: Services) -> None:
+    assert services.audit.committer is not None
+    with services.sessions() as s:
+        services.audit.record(s, "authz.decision.made", actor="idn_a")
+        s.commit()
+    with services.engine.connect() as conn:  # another connection sees it at once
+        types = [r[0] for r in conn.execute(text("SELECT type FROM audit_events"))]
+    assert types == ["authz.decision.made"]
+
+
+def test_rolled_back_grouped_event_is_never_written(services: Services) -> None:
+    with services.sessions() as s:
+        services.audit.record(s, "authz.decision.made", actor="idn_a")
+        s.rollback()
+    with services.sessions() as s:
+        assert services.audit.events(s) == []
+
+
+def test_concurrent_callers_share_transactions_and_keep_one_chain(services: Services) -> None:
+    def one(i: int) -> None:
+        with services.sessions() as s:
+            services.audit.record(s, "authz.decision.made", actor=f"idn_{i}")
+            s.commit()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(200)))
+    with services.sessions() as s:
+        report = services.audit.verify(s, jwks=services.keys.jwks())
+    assert report.ok and report.checked == 200
+
+
+def test_no_token_leaves_when_its_event_cannot_be_committed(
+        services: Services, make_identity: Callable[..., Any], monkeypatch: Any) -> None:
+    from tessera.api.app import create_app
+
+    agent = make_identity("agent-durable")
+    committer = services.audit.committer
+    assert committer is not None
+
+    def broken(_session: Any, _events: Any) -> Any:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(committer, "_append", broken)
+    app = create_app(services=services, run_jobs=False)
+    with TestClient(app, base_url="http://tessera.test",
+                    raise_server_exceptions=False) as client:
+        resp = client.post("/oauth2/token", data=agent.form())
+    assert resp.status_code == 500
+    assert "access_token" not in resp.text
+
+
+def test_checkpoint_job_signs_only_a_moved_head(services: Services) -> None:
+    services.audit.options.checkpoint_every = 0
+    with services.sessions() as s:
+        services.audit.record(s, "test.thing.done")
+        first = services.audit.checkpoint(s)
+        s.commit()
+    with services.sessions() as s:
+        again = services.audit.checkpoint(s)
+    assert first is not None and first.seq == 1 and again is None
+
+
+def test_session_closed_without_commit_forgets_its_events(services: Services) -> None:
+    s = services.sessions()
+    services.audit.record(s, "test.thing.done")  # joins the transaction
+    services.audit.record(s, "authz.decision.made")  # waits for the commit
+    s.close()
+    s.commit()  # the same session object, reused: nothing stale may be written
+    with services.sessions() as s2:
+        assert services.audit.events(s2) == []

@@ -1,0 +1,173 @@
+"""The monitor reads the audit stream, raises explained alerts, scores risk and responds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from tessera.audit import RequestContext
+from tessera.audit import events as ev
+from tessera.clock import FakeClock
+from tessera.container import Services
+from tessera.monitor.engine import MonitorConfig
+
+
+def setup_monitor(services: Services, **thresholds: int) -> Any:
+    monitor = services.monitor
+    assert monitor is not None
+    monitor.monitor.config = MonitorConfig(learning_seconds=300, min_events=5)
+    if thresholds:
+        monitor.thresholds = thresholds
+    return monitor
+
+
+def act(services: Services, who: str, *, source: str = "10.0.0.7", resource: str = "ds:a",
+        outcome: str = "success", type: str = "authz.decision.made", **data: Any) -> None:
+    with services.sessions() as s:
+        services.audit.record(s, type, actor=who, subject=who, action="read",
+                              resource=resource, outcome=outcome, data=data,
+                              ctx=RequestContext(source=source))
+        s.commit()
+
+
+def process(services: Services) -> None:
+    assert services.monitor is not None
+    with services.sessions() as s:
+        services.monitor.process(s)
+        s.commit()
+
+
+def learn(services: Services, clock: FakeClock, who: str, n: int = 12) -> None:
+    for _ in range(n):
+        act(services, who)
+        clock.advance(60)
+    process(services)
+
+
+def test_new_network_after_learning_raises_an_explained_alert_and_risk(
+        services: Services, clock: FakeClock, make_identity: Callable[..., Any]) -> None:
+    monitor = setup_monitor(services)
+    agent = make_identity("agent-net")
+    learn(services, clock, agent.id)
+    assert monitor.risk_of(agent.id) == 0
+    act(services, agent.id, source="203.0.113.9")
+    process(services)
+    with services.sessions() as s:
+        alerts, _ = monitor.alerts(s, identity=agent.id)
+        risk = monitor.risk_of(agent.id, s)
+    assert [a.detector for a in alerts] == ["new_network"]
+    assert "203.0.113.0/24" in alerts[0].summary and alerts[0].summary.endswith(".")
+    assert risk == 45
+
+
+def test_risk_decays_with_the_clock(services: Services, clock: FakeClock,
+                                    make_identity: Callable[..., Any]) -> None:
+    monitor = setup_monitor(services)
+    agent = make_identity("agent-decay")
+    with services.sessions() as s:
+        monitor.set_risk(s, agent.id, 80)
+        s.commit()
+    clock.advance(hours=6)  # one half-life
+    assert monitor.risk_of(agent.id) == 40
+
+
+def test_no_alert_during_the_learning_period(services: Services, clock: FakeClock,
+                                             make_identity: Callable[..., Any]) -> None:
+    monitor = setup_monitor(services)
+    agent = make_identity("agent-new")
+    act(services, agent.id)
+    act(services, agent.id, source="198.51.100.1", resource="ds:other")
+    process(services)
+    with services.sessions() as s:
+        assert monitor.alerts(s, identity=agent.id)[0] == []
+
+
+def test_refresh_token_reuse_suspends_and_undo_resumes(
+        services: Services, clock: FakeClock, make_identity: Callable[..., Any],
+        app_client: TestClient, admin_headers: dict[str, str]) -> None:
+    monitor = setup_monitor(services, notify=40, require_approval=60, suspend=80)
+    agent = make_identity("agent-reuse")
+    revoked: list[str] = []
+    monitor.token_revokers.append(lambda _s, ident: revoked.append(ident) or 3)
+    with services.sessions() as s:
+        services.audit.record(s, ev.REFRESH_TOKEN_REUSED, actor=agent.id, subject=agent.id,
+                              outcome="failure", data={"family": "fam_1"})
+        s.commit()
+    process(services)
+    with services.sessions() as s:
+        ident = services.identities.get(s, agent.id)
+        assert ident.status == "suspended"
+        kinds = sorted(r.kind for r in monitor.responses(s, identity=agent.id))
+        assert kinds == ["notify", "require_approval", "suspend"]
+        assert monitor.requires_approval(s, agent.id)
+        types = [e.type for e in services.audit.events(s, subject=agent.id, limit=1000)]
+    assert revoked == [agent.id]
+    for t in (ev.ALERT_RAISED, ev.RESPONSE_APPLIED, ev.IDENTITY_SUSPENDED, ev.OWNER_NOTIFIED):
+        assert t in types
+    # An administrator undoes the suspension through the API.
+    resp = app_client.get(f"/v1/responses?identity={agent.id}&status=active",
+                          headers=admin_headers)
+    suspend = next(r for r in resp.json()["items"] if r["kind"] == "suspend")
+    resp = app_client.post(f"/v1/responses/{suspend['id']}/undo",
+                           json={"reason": "investigated"}, headers=admin_headers)
+    assert resp.status_code == 200, resp.text
+    assert app_client.post(f"/v1/responses/{suspend['id']}/undo",
+                           headers=admin_headers).status_code == 409
+    with services.sessions() as s:
+        assert services.identities.get(s, agent.id).status == "active"
+        assert monitor.risk_of(agent.id, s) < 80
+        assert ev.RESPONSE_UNDONE in [e.type for e in services.audit.events(
+            s, subject=agent.id, limit=1000)]
+
+
+def test_alerts_and_risk_api(services: Services, clock: FakeClock,
+                             make_identity: Callable[..., Any], app_client: TestClient,
+                             admin_headers: dict[str, str]) -> None:
+    setup_monitor(services)
+    agent = make_identity("agent-api")
+    learn(services, clock, agent.id)
+    for _ in range(6):
+        act(services, agent.id, outcome="failure", resource="ds:secret")
+    process(services)
+    alerts = app_client.get(f"/v1/alerts?identity={agent.id}", headers=admin_headers).json()
+    detectors = {a["detector"] for a in alerts["items"]}
+    assert "denial_burst" in detectors
+    risk = app_client.get(f"/v1/risk/{agent.id}", headers=admin_headers).json()
+    assert risk["risk"] > 0
+    alert_id = alerts["items"][0]["id"]
+    assert app_client.post(f"/v1/alerts/{alert_id}/resolve", headers=admin_headers
+                           ).json()["status"] == "resolved"
+    assert app_client.get("/v1/alerts?status=bogus", headers=admin_headers).status_code == 422
+    assert app_client.get("/v1/risk/nobody", headers=admin_headers).status_code == 404
+    resp = app_client.put(f"/v1/risk/{agent.id}", json={"risk": 101}, headers=admin_headers)
+    assert resp.status_code == 422
+
+
+def test_monitor_reads_only_new_events(services: Services, clock: FakeClock,
+                                       make_identity: Callable[..., Any]) -> None:
+    monitor = setup_monitor(services)
+    agent = make_identity("agent-cursor")
+    act(services, agent.id)
+    with services.sessions() as s:
+        first = monitor.process(s)
+        s.commit()
+    with services.sessions() as s:
+        assert monitor.process(s) == 0
+    assert first > 0
+
+
+def test_refused_token_requests_naming_a_victim_do_not_raise_its_risk(
+        services: Services, clock: FakeClock, make_identity: Callable[..., Any],
+        app_client: TestClient) -> None:
+    monitor = setup_monitor(services)
+    victim = make_identity("agent-victim")
+    learn(services, clock, victim.id)
+    for _ in range(20):  # anyone can claim to be the victim and fail
+        form = victim.form(_key=make_identity().key)
+        assert app_client.post("/oauth2/token", data=form).status_code == 401
+    process(services)
+    with services.sessions() as s:
+        assert monitor.alerts(s, identity=victim.id)[0] == []
+        assert services.identities.get(s, victim.id).status == "active"
