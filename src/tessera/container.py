@@ -14,8 +14,10 @@ from tessera.db import make_engine, make_session_factory
 from tessera.db.meta import get_meta
 from tessera.identity import IdentityRules, IdentityService
 from tessera.keys.ports import KeyProvider
+from tessera.keys.rotation import KeyRotation, RotationPolicy
 from tessera.keys.service import KeyService
 from tessera.keys.software import SoftwareKeyProvider, load_or_create_master_key
+from tessera.oauth.lifecycle import TokenLifecycle
 from tessera.oauth.service import TokenService
 
 DEFAULT_TRUST_DOMAIN = "tessera.local"
@@ -31,6 +33,8 @@ class Services:
     keys: KeyService
     identities: IdentityService
     tokens: TokenService
+    lifecycle: TokenLifecycle
+    key_rotation: KeyRotation
 
     def close(self) -> None:
         self.engine.dispose()
@@ -59,5 +63,10 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
         max_expiry_days=settings.identity.max_expiry_days))
     tokens = TokenService(issuer=settings.issuer_url, clock=clock, keys=keys,
                           identities=identities, audit=audit, settings=settings.tokens)
+    lifecycle = TokenLifecycle(tokens, identities=identities, audit=audit, clock=clock,
+                               keys=keys, settings=settings.tokens).install()
+    key_rotation = KeyRotation(keys, clock, audit, RotationPolicy(
+        settings.keys.rotation_days, settings.keys.prepublish_seconds, settings.tokens.max_ttl))
     return Services(settings=settings, clock=clock, engine=engine, sessions=sessions,
-                    audit=audit, keys=keys, identities=identities, tokens=tokens)
+                    audit=audit, keys=keys, identities=identities, tokens=tokens,
+                    lifecycle=lifecycle, key_rotation=key_rotation)

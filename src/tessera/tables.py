@@ -5,7 +5,9 @@ from tessera.db.base import Base
 from tessera.db.meta import MetaRow
 from tessera.identity.models import CredentialRow, GrantRow, IdentityRow
 from tessera.keys.models import SigningKeyRow
-from tessera.oauth.models import UsedJTIRow
+from tessera.oauth.models import (FamilyAccessTokenRow, RefreshTokenRow, RevokedTokenRow,
+                                  TokenFamilyRow, UsedJTIRow)
 
 __all__ = ["AuditEventRow", "AuditHeadRow", "Base", "CredentialRow", "GrantRow", "IdentityRow",
-           "MetaRow", "SigningKeyRow", "UsedJTIRow"]
+           "MetaRow", "SigningKeyRow", "UsedJTIRow",
+           "TokenFamilyRow", "RefreshTokenRow", "FamilyAccessTokenRow", "RevokedTokenRow"]

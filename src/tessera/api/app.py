@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from tessera import __version__
 from tessera.api import errors
 from tessera.api.middleware import BodyLimitMiddleware, RequestIDMiddleware
-from tessera.api.routers import audit, identities, oauth
+from tessera.api.routers import audit, identities, keys, oauth
 from tessera.config import Settings
 from tessera.container import Services, build
 from tessera.db import migrate
@@ -36,7 +36,21 @@ def default_jobs(services: Services) -> list[Job]:
             services.tokens.purge_expired(session)
             session.commit()
 
-    return [Job("purge-used-jtis", 60.0, purge_jtis)]
+    def purge_token_state() -> None:
+        with services.sessions() as session:
+            services.lifecycle.purge(session)
+            session.commit()
+
+    def rotate_keys() -> None:
+        with services.sessions() as session:
+            done = services.key_rotation.tick(session)
+            session.commit()
+        if done:
+            services.keys.invalidate()
+
+    return [Job("purge-used-jtis", 60.0, purge_jtis),
+            Job("purge-token-state", 300.0, purge_token_state),
+            Job("rotate-signing-keys", 60.0, rotate_keys)]
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None, *,
@@ -66,6 +80,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(oauth.router)
     app.include_router(identities.router)
     app.include_router(audit.router)
+    app.include_router(keys.router)
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:

@@ -43,7 +43,7 @@ def admin_subject(request: Request, session: Annotated[Session, Depends(get_sess
     """The identity id behind a valid admin access token (RFC 6750 bearer)."""
     services = get_services(request)
     try:
-        claims = services.tokens.authenticate_bearer(bearer_token(request))
+        claims = services.tokens.authenticate_bearer(bearer_token(request), session)
     except InvalidToken as exc:
         raise Unauthenticated("the access token is invalid or expired") from exc
     subject = claims["sub"]

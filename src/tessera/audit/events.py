@@ -14,3 +14,8 @@ KEY_CREATED = "keys.key.created"
 KEY_ROTATED = "keys.key.rotated"
 API_ACCESS_DENIED = "api.request.denied"
 SYSTEM_INITIALISED = "system.installation.initialised"
+# Issue 3: token lifecycle and key rotation.
+TOKEN_REVOKED = "oauth.token.revoked"
+TOKEN_FAMILY_REVOKED = "oauth.token_family.revoked"
+REFRESH_TOKEN_REUSED = "oauth.refresh_token.reuse_detected"
+KEY_STAGED = "keys.key.staged"

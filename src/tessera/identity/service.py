@@ -66,7 +66,8 @@ class IdentityService:
             attributes=row.attributes, status=row.status, client_id=row.id,
             spiffe_id=self.spiffe_id(row), roles=self.roles(session, row.id),
             allowed_scopes=row.allowed_scopes, allowed_audiences=row.allowed_audiences,
-            expires_at=row.expires_at, created_at=row.created_at, updated_at=row.updated_at,
+            token_ttl=row.token_ttl, dpop_required=bool(row.dpop_required),
+            may_act_for=list(row.may_act_for or []), expires_at=row.expires_at, created_at=row.created_at, updated_at=row.updated_at,
             last_seen_at=row.last_seen_at, status_changed_at=row.status_changed_at,
             status_changed_by=row.status_changed_by, status_reason=row.status_reason)
 
@@ -178,7 +179,8 @@ class IdentityService:
                           owner_id=data.owner, purpose=data.purpose, attributes=data.attributes,
                           status="active", allowed_scopes=data.allowed_scopes,
                           allowed_audiences=data.allowed_audiences, expires_at=data.expires_at,
-                          created_at=now, updated_at=now)
+                          token_ttl=data.token_ttl, dpop_required=data.dpop_required,
+                          may_act_for=data.may_act_for, created_at=now, updated_at=now)
         session.add(row)
         try:
             session.flush()
@@ -201,7 +203,7 @@ class IdentityService:
             self._check_attributes(patch.attributes)
         self._check_lists(patch.allowed_scopes, patch.allowed_audiences)
         for key, value in fields.items():
-            if value is None and key != "expires_at":
+            if value is None and key not in ("expires_at", "token_ttl"):
                 continue
             setattr(row, key, value)
         row.updated_at = self._clock.now()
@@ -317,6 +319,14 @@ class IdentityService:
         if kid is not None:
             q = q.where(CredentialRow.kid == kid)
         return list(session.scalars(q))
+
+    def credential_revoked_since(self, session: Session, identity_id: str,
+                                 since: datetime) -> bool:
+        """True when any credential of the identity was revoked after `since` (key compromise:
+        tokens obtained before it are no longer trusted)."""
+        return session.scalars(select(CredentialRow.id).where(
+            CredentialRow.identity_id == identity_id,
+            CredentialRow.revoked_at > since).limit(1)).first() is not None
 
     def touch(self, session: Session, identity: IdentityRow, cred: CredentialRow) -> None:
         """Record use; written at most once a minute per row to keep the hot path light."""

@@ -45,7 +45,10 @@ class SqlClients:
         return Client(client_id=row.id, usable=self._identities.is_usable(row),
                       allowed_scopes=list(row.allowed_scopes),
                       allowed_audiences=list(row.allowed_audiences), expires_at=row.expires_at,
-                      handle=row)
+                      handle=row, kind=row.kind, token_ttl=row.token_ttl,
+                      dpop_required=bool(row.dpop_required),
+                      may_act_for=list(row.may_act_for or []),
+                      spiffe_id=self._identities.spiffe_id(row))
 
     def client_keys(self, client: Client, kid: str | None) -> list[ClientKey]:
         creds = self._identities.usable_credentials(self._session, client.client_id, kid)
@@ -75,6 +78,7 @@ class SqlReplayCache:
 class TokenResponse:
     body: dict[str, Any]
     claims: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,6 +98,8 @@ class TokenRequest:
 
 GrantHandler = Callable[[TokenRequest], TokenResponse]
 ClientAuthenticator = Callable[[TokenRequest], "AuthenticatedClient | None"]
+# Checks run on every Tessera token the management API accepts (revocation, status...).
+TokenCheck = Callable[[Session, dict[str, Any]], None]
 
 
 class TokenService:
@@ -116,6 +122,7 @@ class TokenService:
         self._settings = settings
         self.grants: dict[str, GrantHandler] = {"client_credentials": self._client_credentials}
         self.authenticators: list[ClientAuthenticator] = [self._private_key_jwt]
+        self.token_checks: list[TokenCheck] = []
 
     def verifier(self, session: Session) -> ClientAssertionVerifier:
         return ClientAssertionVerifier(
@@ -162,8 +169,11 @@ class TokenService:
                           data={"method": authn.method, "kid": authn.key.kid})
 
     def lifetime(self, client: Client, now: datetime, cap: int | None = None) -> int:
-        """Default lifetime, never above the maximum, the client's expiry or `cap`."""
-        ttl = min(self._settings.default_ttl, self._settings.max_ttl)
+        """Per identity, else per kind, else default; never above the maximum, the client's
+        expiry or `cap`."""
+        ttl = client.token_ttl or self._settings.ttl_by_kind.get(client.kind) or \
+            self._settings.default_ttl
+        ttl = min(ttl, self._settings.max_ttl)
         if client.expires_at is not None:
             ttl = min(ttl, int((client.expires_at - now).total_seconds()))
         if cap is not None:
@@ -227,10 +237,21 @@ class TokenService:
         unique = list(dict.fromkeys(resources))
         return unique[0] if len(unique) == 1 else unique
 
-    def authenticate_bearer(self, token: str) -> dict[str, Any]:
-        """Validate one of our own access tokens for Tessera's API (audience = issuer)."""
-        return at.validate(token, self._keys.keyset(), issuer=self.issuer, audience=self.issuer,
-                           now=self._clock.now(), leeway=self._settings.leeway)
+    def authenticate_bearer(self, token: str, session: Session | None = None) -> dict[str, Any]:
+        """Validate one of our own access tokens for Tessera's API (audience = issuer).
+
+        With a session, `token_checks` also run (revoked jti, suspended subject or client).
+        """
+        claims = at.validate(token, self._keys.keyset(), issuer=self.issuer,
+                             audience=self.issuer, now=self._clock.now(),
+                             leeway=self._settings.leeway)
+        # RFC 9449 §7.1: a DPoP-bound token is not a bearer token.
+        if "cnf" in claims:
+            raise at.InvalidToken("sender-constrained token presented as a bearer token")
+        if session is not None:
+            for check in self.token_checks:
+                check(session, claims)
+        return claims
 
     def purge_expired(self, session: Session) -> int:
         return SqlReplayCache.purge(session, self._clock.now() - timedelta(seconds=5))
