@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tessera.cli.client import Api, CLIError, fetch_token
+from tessera.cli.keys import keys_app
 from tessera.config import Settings
 
 app = typer.Typer(help="Tessera: identity and access control plane for AI systems.",
@@ -25,6 +26,7 @@ app.add_typer(identity_app, name="identity")
 app.add_typer(credential_app, name="credential")
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
 
 out = Console()
 err = Console(stderr=True)
