@@ -206,3 +206,15 @@ def test_server_nonce_round_trip(app_client: TestClient, make_identity: Callable
     ok = token(app_client, agent, dpop=proof(KEY, nonce=nonce))
     assert ok.status_code == 200, ok.text
     assert ok.headers.get("DPoP-Nonce")
+
+
+def test_replayed_client_assertion_is_refused_on_every_backend(
+        app_client: TestClient, make_identity: Callable[..., Actor]) -> None:
+    # The shared replay cache (used_jtis) must detect a second use on PostgreSQL too.
+    from oauth_helpers import ASSERTION_TYPE
+    agent = make_identity()
+    form = {"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": agent.assertion()}
+    assert app_client.post("/oauth2/token", data=form).status_code == 200
+    again = app_client.post("/oauth2/token", data=form)
+    assert again.status_code == 401 and again.json()["error"] == "invalid_client"
