@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
-from conftest import ASSERTION_TYPE, ISSUER, Actor  # noqa: F401
+from conftest import ASSERTION_TYPE, ISSUER, Actor
 
 TOKEN_URL = f"{ISSUER}/oauth2/token"
 INTROSPECT_URL = f"{ISSUER}/oauth2/introspect"

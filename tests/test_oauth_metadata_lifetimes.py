@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC
 
 import pytest
 from fastapi.testclient import TestClient
@@ -69,8 +70,8 @@ def test_identity_fields_round_trip_through_api(admin_headers: dict,
                                                 app_client: TestClient) -> None:
     resp = app_client.get("/v1/identities", headers=admin_headers)
     owner = next(i["id"] for i in resp.json()["items"] if i["kind"] == "human")
-    from datetime import datetime, timedelta, timezone
-    expiry = (datetime.now(timezone.utc) + timedelta(days=10)).isoformat()
+    from datetime import datetime, timedelta
+    expiry = (datetime.now(UTC) + timedelta(days=10)).isoformat()
     resp = app_client.post("/v1/identities", headers=admin_headers, json={
         "name": "delegate", "kind": "agent", "owner": owner, "purpose": "x",
         "expires_at": expiry, "token_ttl": 600, "dpop_required": True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,8 +14,14 @@ from joserfc.jwk import ECKey, OctKey
 from conftest import Actor
 from oauth_helpers import TOKEN_URL, claims_of, introspect, proof, token, unsigned_proof
 from tessera.container import Services
-from tessera.oauth.rfc9449_dpop import (DPoPVerifier, HMACNonces, InvalidDPoPProof,
-                                        UseDPoPNonce, ath_of, thumbprint)
+from tessera.oauth.rfc9449_dpop import (
+    DPoPVerifier,
+    HMACNonces,
+    InvalidDPoPProof,
+    UseDPoPNonce,
+    ath_of,
+    thumbprint,
+)
 
 
 class MemoryReplay:
@@ -34,7 +40,7 @@ def verifier(nonces: HMACNonces | None = None) -> DPoPVerifier:
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 KEY = ECKey.generate_key("P-256", private=True)
@@ -121,7 +127,7 @@ def test_nonce_expires_after_two_windows() -> None:
     t = now()
     nonce = nonces.current(t)
     assert nonces.valid(nonce, t)
-    assert not nonces.valid(nonce, datetime.fromtimestamp(t.timestamp() + 601, timezone.utc))
+    assert not nonces.valid(nonce, datetime.fromtimestamp(t.timestamp() + 601, UTC))
 
 
 # -- end to end -------------------------------------------------------------------------------

@@ -16,13 +16,18 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from joserfc.jwk import ECKey
 
-import tessera.sdk as sdk
 from conftest import ISSUER, Actor
 from oauth_helpers import proof, token
+from tessera import sdk
 from tessera.api.app import create_app
 from tessera.container import Services
-from tessera.sdk import (TesseraClient, TesseraMiddleware, TokenError, TokenVerificationError,
-                         Verifier)
+from tessera.sdk import (
+    TesseraClient,
+    TesseraMiddleware,
+    TokenError,
+    TokenVerificationError,
+    Verifier,
+)
 
 RS = "https://rs.example.org"
 
@@ -38,11 +43,12 @@ def test_public_api_is_exactly_this() -> None:
 def test_sdk_imports_no_server_code() -> None:
     code = ("import sys, tessera.sdk; bad = [m for m in sys.modules if m.startswith('tessera.')"
             " and not m.startswith('tessera.sdk')]; print(bad); sys.exit(1 if bad else 0)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     for heavy in ("fastapi", "sqlalchemy", "starlette"):
         code = f"import sys, tessera.sdk; sys.exit(1 if '{heavy}' in sys.modules else 0)"
-        assert subprocess.run([sys.executable, "-c", code]).returncode == 0, heavy
+        assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0, heavy
 
 
 @pytest.fixture

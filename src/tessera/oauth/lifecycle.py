@@ -40,12 +40,21 @@ from tessera.oauth import rfc7009_revocation as rev
 from tessera.oauth import rfc7662_introspection as intro
 from tessera.oauth import rfc8693_token_exchange as tx
 from tessera.oauth import rfc9068_access_token as at
-from tessera.oauth.models import (FamilyAccessTokenRow, RefreshTokenRow, RevokedTokenRow,
-                                  TokenFamilyRow)
+from tessera.oauth.models import (
+    FamilyAccessTokenRow,
+    RefreshTokenRow,
+    RevokedTokenRow,
+    TokenFamilyRow,
+)
 from tessera.oauth.ports import Client
 from tessera.oauth.rfc9449_dpop import DPoPProof, DPoPVerifier, HMACNonces, InvalidDPoPProof
-from tessera.oauth.service import (SqlClients, SqlReplayCache, TokenRequest, TokenResponse,
-                                   TokenService)
+from tessera.oauth.service import (
+    SqlClients,
+    SqlReplayCache,
+    TokenRequest,
+    TokenResponse,
+    TokenService,
+)
 
 OFFLINE_ACCESS = "offline_access"
 NONCE_SECRET_META = "dpop_nonce_secret"
@@ -452,7 +461,7 @@ class TokenLifecycle:
                            now=self._clock.now(), **transport)
         # §2.1: the endpoint requires client authentication.
         caller = self.tokens.authenticate_client(req).client
-        token, hint = intro.parse(form)
+        token, _hint = intro.parse(form)
         if rt.looks_like_refresh_token(token):
             return self._introspect_refresh(session, token, caller, req.now)
         try:

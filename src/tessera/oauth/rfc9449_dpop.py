@@ -14,7 +14,7 @@ import json
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -202,7 +202,7 @@ class DPoPVerifier:
             if not isinstance(nonce, str) or not self.nonces.valid(nonce, now):
                 raise UseDPoPNonce(self.nonces.current(now), status=status)
         # §11.1: a proof is single-use; the jti cache is shared by every node.
-        expires = datetime.fromtimestamp(iat, timezone.utc) + timedelta(
+        expires = datetime.fromtimestamp(iat, UTC) + timedelta(
             seconds=self._max_age + self._leeway)
         if not self._replay.use_once(f"dpop:{proof_jkt}", jti, expires):
             raise fail("proof jti replayed")

@@ -6,8 +6,7 @@ Agents: `TesseraClient` (private_key_jwt, DPoP, renewal, token exchange) and `Te
 
 from tessera.sdk.client import TesseraAuth, TesseraClient, Token, TokenError
 from tessera.sdk.middleware import TesseraMiddleware
-from tessera.sdk.verify import (MemoryReplayCache, TokenVerificationError, VerifiedToken,
-                                Verifier)
+from tessera.sdk.verify import MemoryReplayCache, TokenVerificationError, VerifiedToken, Verifier
 
 __all__ = ["MemoryReplayCache", "TesseraAuth", "TesseraClient", "TesseraMiddleware", "Token",
            "TokenError", "TokenVerificationError", "VerifiedToken", "Verifier"]

@@ -82,7 +82,7 @@ def unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     def part(s: str) -> dict[str, Any]:
         value = json.loads(base64.urlsafe_b64decode(s + "=" * (-len(s) % 4)))
         if not isinstance(value, dict):
-            raise ValueError("not a JSON object")
+            raise ValueError("not a JSON object")  # noqa: TRY004 - callers catch ValueError
         return value
 
     return part(parts[0]), part(parts[1])

@@ -16,8 +16,14 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from tessera.sdk._jose import (ASSERTION_TYPE, AsymmetricKey, alg_for, client_assertion,
-                               dpop_proof, import_private)
+from tessera.sdk._jose import (
+    ASSERTION_TYPE,
+    AsymmetricKey,
+    alg_for,
+    client_assertion,
+    dpop_proof,
+    import_private,
+)
 
 EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
