@@ -65,10 +65,9 @@ class SqlReplayCache:
         dialect = self._session.get_bind().dialect.name
         insert = pg_insert if dialect == "postgresql" else sqlite_insert
         stmt = insert(UsedJTIRow).values(issuer=issuer, jti=jti, expires_at=expires_at)
-        # RETURNING, not rowcount: through the ORM session PostgreSQL reports rowcount -1,
-        # which made every replay look like a first use.
-        result = self._session.execute(stmt.on_conflict_do_nothing().returning(UsedJTIRow.jti))
-        return result.first() is not None
+        # RETURNING, not rowcount: psycopg reports -1 for ON CONFLICT DO NOTHING.
+        stmt = stmt.on_conflict_do_nothing().returning(UsedJTIRow.jti)
+        return self._session.execute(stmt).first() is not None
 
     @staticmethod
     def purge(session: Session, now: datetime) -> int:
