@@ -150,3 +150,24 @@ def test_cli_keys_rotate_and_list(app_client: TestClient, admin_headers: dict,
     assert '"staged"' in result.output and '"activated": null' in result.output
     result = runner.invoke(app, ["keys", "list", "--json"])
     assert result.exit_code == 0 and '"pending"' in result.output
+
+
+def test_cli_identity_register_with_issue3_fields(monkeypatch: Any) -> None:
+    from tessera.cli import client as cli_client
+    from tessera.cli.main import app
+
+    sent: list[Any] = []
+
+    def call(self: Any, method: str, path: str, **kwargs: Any) -> Any:
+        sent.append((method, path, kwargs.get("json")))
+        return {"ok": True}
+
+    monkeypatch.setattr(cli_client.Api, "call", call)
+    result = CliRunner().invoke(app, ["identity", "register", "bot", "--kind", "agent",
+                                      "--token-ttl", "600", "--dpop-required",
+                                      "--may-act-for", "*"])
+    assert result.exit_code == 0, result.output
+    body = sent[0][2]
+    assert (body["token_ttl"], body["dpop_required"], body["may_act_for"]) == (600, True, ["*"])
+    result = CliRunner().invoke(app, ["identity", "update", "bot", "--no-dpop-required"])
+    assert result.exit_code == 0 and sent[1][2] == {"dpop_required": False}

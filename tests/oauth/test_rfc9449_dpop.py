@@ -224,3 +224,22 @@ def test_replayed_client_assertion_is_refused_on_every_backend(
     assert app_client.post("/oauth2/token", data=form).status_code == 200
     again = app_client.post("/oauth2/token", data=form)
     assert again.status_code == 401 and again.json()["error"] == "invalid_client"
+
+
+def test_management_api_accepts_dpop_with_valid_proof_only(
+        app_client: TestClient, make_identity: Callable[..., Actor]) -> None:
+    from tessera.identity import ADMIN_ROLE
+    admin = make_identity(kind="human", roles=(ADMIN_ROLE,))
+    tok = token(app_client, admin, dpop=proof(KEY)).json()["access_token"]
+    url = "http://tessera.test/v1/identities"
+    good = proof(KEY, "GET", url, access_token=tok)
+    headers = {"Authorization": f"DPoP {tok}", "DPoP": good}
+    assert app_client.get("/v1/identities", headers=headers).status_code == 200
+    # Replayed proof, proof without ath, proof by another key, no proof: all refused.
+    other = ECKey.generate_key("P-256", private=True)
+    for bad in (good, proof(KEY, "GET", url), proof(other, "GET", url, access_token=tok)):
+        resp = app_client.get("/v1/identities", headers={"Authorization": f"DPoP {tok}",
+                                                         "DPoP": bad})
+        assert resp.status_code == 401
+    assert app_client.get("/v1/identities",
+                          headers={"Authorization": f"DPoP {tok}"}).status_code == 401

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from tessera.audit import RequestContext
 from tessera.audit import events as ev
 from tessera.container import Services
-from tessera.errors import Forbidden, Unauthenticated
+from tessera.errors import Forbidden, OAuthError, Unauthenticated
 from tessera.identity import ADMIN_ROLE
 from tessera.oauth.rfc9068_access_token import InvalidToken
 
@@ -39,13 +39,30 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-def admin_subject(request: Request, session: Annotated[Session, Depends(get_session)]) -> str:
-    """The identity id behind a valid admin access token (RFC 6750 bearer)."""
+def _authenticate(request: Request, session: Session) -> dict[str, Any]:
+    """Bearer (RFC 6750) or DPoP-bound (RFC 9449 §7) access token of Tessera's API."""
     services = get_services(request)
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "dpop" and token.strip():
+        proofs = request.headers.getlist("dpop")
+        try:
+            claims = services.lifecycle.authenticate_dpop(
+                session, token.strip(), ",".join(proofs) or None, method=request.method,
+                url=str(request.url))
+        except (InvalidToken, OAuthError) as exc:
+            raise Unauthenticated("the access token or its DPoP proof is invalid") from exc
+        session.commit()  # the proof's jti is spent even when the route only reads
+        return claims
     try:
-        claims = services.tokens.authenticate_bearer(bearer_token(request), session)
+        return services.tokens.authenticate_bearer(bearer_token(request), session)
     except InvalidToken as exc:
         raise Unauthenticated("the access token is invalid or expired") from exc
+
+
+def admin_subject(request: Request, session: Annotated[Session, Depends(get_session)]) -> str:
+    """The identity id behind a valid admin access token (bearer or DPoP)."""
+    services = get_services(request)
+    claims = _authenticate(request, session)
     subject = claims["sub"]
     identity = services.identities.find(session, subject)
     if identity is None or not services.identities.is_usable(identity):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -30,8 +30,9 @@ class IdentityCreate(_Strict):
     allowed_audiences: list[str] = Field(default_factory=list, max_length=100)
     token_ttl: int | None = Field(None, ge=30, le=3600, description="access token lifetime (s)")
     dpop_required: bool = False
-    may_act_for: list[str] = Field(default_factory=list, max_length=100,
-                                   description="identity ids it may act for; '*' = any human")
+    may_act_for: list[Annotated[str, Field(min_length=1, max_length=40)]] = Field(
+        default_factory=list, max_length=100,
+        description="identity ids it may act for; '*' = any human")
 
 
 class IdentityUpdate(_Strict):
@@ -42,7 +43,8 @@ class IdentityUpdate(_Strict):
     allowed_audiences: list[str] | None = Field(None, max_length=100)
     token_ttl: int | None = Field(None, ge=30, le=3600)
     dpop_required: bool | None = None
-    may_act_for: list[str] | None = Field(None, max_length=100)
+    may_act_for: list[Annotated[str, Field(min_length=1, max_length=40)]] | None = Field(
+        None, max_length=100)
 
 
 class StatusChange(_Strict):

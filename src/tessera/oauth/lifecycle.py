@@ -453,6 +453,22 @@ class TokenLifecycle:
                     session, row.id, issued):
                 raise at.InvalidToken("a key was revoked after issuance")
 
+    def authenticate_dpop(self, session: Session, token: str, proof: str | None, *,
+                          method: str, url: str) -> dict[str, Any]:
+        """A DPoP-bound token for Tessera's own API: token, then proof with `ath` and key."""
+        now = self._clock.now()
+        claims = at.validate(token, self._keys.keyset(), issuer=self.tokens.issuer,
+                             audience=self.tokens.issuer, now=now, leeway=self.settings.leeway)
+        cnf = claims.get("cnf")
+        jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+        if not isinstance(jkt, str):
+            raise at.InvalidToken("not a DPoP-bound token")
+        # RFC 9449 §7.1 / §4.3 items 12-13: ath and the key bound in cnf.jkt.
+        self.dpop_verifier(session).verify(proof, method=method, urls=[url], now=now,
+                                           access_token=token, jkt=jkt, status=401)
+        self.check_active(session, claims)
+        return claims
+
     # -- introspection (RFC 7662) ----------------------------------------------------------
 
     def introspect(self, session: Session, form: dict[str, str], ctx: RequestContext,
