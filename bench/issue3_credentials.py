@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,7 @@ def main() -> None:
                             master_key=master.decode())
         svc = build(settings, clock=SystemClock(), engine=engine,
                     provider=SoftwareKeyProvider(master), trust_domain="bench")
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         keys: dict[str, ECKey] = {}
         with svc.sessions() as s:
             set_meta(s, "trust_domain", "bench")

@@ -18,7 +18,7 @@ import socket
 import tempfile
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ def setup_tessera(data_dir: Path, issuer: str, api: str) -> dict[str, Any]:
             name="alice", kind="human", allowed_scopes=["reports:read"]), actor=report.admin_id)
         agent = services.identities.register(s, IdentityCreate(
             name="report-bot", kind="agent", owner=alice.id, purpose="summarise reports",
-            expires_at=datetime.now(timezone.utc) + timedelta(days=30),
+            expires_at=datetime.now(UTC) + timedelta(days=30),
             allowed_scopes=["reports:read"], allowed_audiences=[api],
             dpop_required=True, may_act_for=[alice.id]), actor=report.admin_id)
         for row, key in ((alice, alice_key), (agent, agent_key)):

@@ -66,6 +66,12 @@ def test_new_key_is_published_before_it_signs_and_old_one_verifies_until_expiry(
                 audience=None, now=clock.now())
     clock.advance(services.settings.tokens.max_ttl + 61)
     assert kids(services) == [staged]
+    # Once nothing it signed can still be valid, its private half is destroyed.
+    with services.sessions() as s:
+        assert services.key_rotation.tick(s) == {"destroyed": [old_kid]}
+        s.commit()
+        assert s.get(SigningKeyRow, old_kid).private_blob is None
+        assert s.get(SigningKeyRow, staged).private_blob is not None
 
 
 def test_scheduled_job_stages_then_activates_after_interval(services: Services,

@@ -48,7 +48,7 @@ def _authenticate(request: Request, session: Session) -> dict[str, Any]:
         try:
             claims = services.lifecycle.authenticate_dpop(
                 session, token.strip(), ",".join(proofs) or None, method=request.method,
-                url=str(request.url))
+                url=str(request.url), path=request.url.path)
         except (InvalidToken, OAuthError) as exc:
             raise Unauthenticated("the access token or its DPoP proof is invalid") from exc
         session.commit()  # the proof's jti is spent even when the route only reads

@@ -96,6 +96,9 @@ class KeyRotation:
                         key=lambda r: utc(r.activated_at or r.created_at))
         pending = [r for r in rows if r.status == "pending"]
         done: dict[str, Any] = {}
+        destroyed = self._destroy_expired(session, now)
+        if destroyed:
+            done["destroyed"] = destroyed
         if pending:
             if utc(pending[0].created_at) + timedelta(
                     seconds=self.policy.prepublish_seconds) <= now:
@@ -109,6 +112,18 @@ class KeyRotation:
         if age >= due:
             done["staged"] = self.stage(session)
         return done
+
+    def _destroy_expired(self, session: Session, now: datetime) -> list[str]:
+        """Retired keys past `verify_until` verify nothing any more: destroy the private half."""
+        rows = session.scalars(select(SigningKeyRow).where(
+            SigningKeyRow.status == "retired", SigningKeyRow.private_blob.is_not(None),
+            SigningKeyRow.verify_until < now)).all()
+        for row in rows:
+            self._keys.provider.destroy(row.kid, row.private_blob)
+            row.private_blob = None
+            self._audit.record(session, ev.KEY_DESTROYED, actor="system",
+                               resource=f"key:{row.kid}")
+        return [r.kid for r in rows]
 
     def list(self, session: Session) -> list[dict[str, Any]]:
         now = self._clock.now()

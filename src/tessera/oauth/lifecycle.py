@@ -454,7 +454,7 @@ class TokenLifecycle:
                 raise at.InvalidToken("a key was revoked after issuance")
 
     def authenticate_dpop(self, session: Session, token: str, proof: str | None, *,
-                          method: str, url: str) -> dict[str, Any]:
+                          method: str, url: str, path: str | None = None) -> dict[str, Any]:
         """A DPoP-bound token for Tessera's own API: token, then proof with `ath` and key."""
         now = self._clock.now()
         claims = at.validate(token, self._keys.keyset(), issuer=self.tokens.issuer,
@@ -464,7 +464,9 @@ class TokenLifecycle:
         if not isinstance(jkt, str):
             raise at.InvalidToken("not a DPoP-bound token")
         # RFC 9449 §7.1 / §4.3 items 12-13: ath and the key bound in cnf.jkt.
-        self.dpop_verifier(session).verify(proof, method=method, urls=[url], now=now,
+        # htu may name the request URL or the public one (issuer + path, behind a proxy).
+        urls = [url] + ([self.tokens.issuer + path] if path else [])
+        self.dpop_verifier(session).verify(proof, method=method, urls=urls, now=now,
                                            access_token=token, jkt=jkt, status=401)
         self.check_active(session, claims)
         return claims
