@@ -19,6 +19,26 @@ class TokenSettings(BaseModel):
     max_ttl: int = Field(3600, ge=30, le=3600, description="hard cap on any access token (s)")
     assertion_max_age: int = Field(300, ge=10, le=300, description="client assertion exp - iat (s)")
     leeway: int = Field(30, ge=0, le=120, description="clock skew allowed on iat/nbf (s)")
+    # Issue 3: lifetimes by identity kind, refresh families, delegation, DPoP.
+    ttl_by_kind: dict[str, int] = Field(default_factory=dict,
+                                        description="access token lifetime per identity kind (s)")
+    refresh_family_ttl: int = Field(86400, ge=60, le=30 * 86400,
+                                    description="absolute refresh-token family lifetime (s)")
+    refresh_idle_ttl: int = Field(8 * 3600, ge=60, le=30 * 86400,
+                                  description="a refresh token unused this long dies (s)")
+    max_delegation_depth: int = Field(2, ge=1, le=5, description="nested `act` depth limit")
+    dpop_algs: list[str] = Field(default_factory=lambda: ["ES256", "EdDSA", "PS256", "RS256"],
+                                 description="DPoP proof algorithms accepted (asymmetric)")
+    dpop_max_age: int = Field(300, ge=10, le=600, description="DPoP proof iat window (s)")
+    dpop_nonce: bool = Field(False, description="require server-issued DPoP nonces (RFC 9449 §8)")
+    dpop_nonce_ttl: int = Field(300, ge=30, le=3600, description="lifetime of a DPoP nonce (s)")
+
+    @field_validator("ttl_by_kind")
+    @classmethod
+    def _ttl_range(cls, v: dict[str, int]) -> dict[str, int]:
+        if any(not 30 <= ttl <= 3600 for ttl in v.values()):
+            raise ValueError("each lifetime must be between 30 and 3600 seconds")
+        return v
 
 
 class IdentitySettings(BaseModel):
@@ -71,6 +91,9 @@ class KeySettings(BaseModel):
     pkcs11_module: str | None = None
     pkcs11_token_label: str | None = None
     pkcs11_pin: SecretStr | None = None
+    rotation_days: float = Field(30, gt=0, le=3650, description="scheduled rotation interval")
+    prepublish_seconds: int = Field(900, ge=0, le=7 * 86400,
+                                    description="a new key is in the JWKS this long before signing")
 
 
 class AuditSettings(BaseModel):

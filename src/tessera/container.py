@@ -19,11 +19,13 @@ from tessera.federation import FederationService
 from tessera.identity import IdentityRules, IdentityService
 from tessera.identity.models import IdentityRow
 from tessera.keys.ports import KeyProvider
+from tessera.keys.rotation import KeyRotation, RotationPolicy
 from tessera.keys.service import KeyService
 from tessera.monitor.caep import CaepService
 from tessera.monitor.engine import MonitorConfig
 from tessera.monitor.service import MonitorService
 from tessera.keys.software import SoftwareKeyProvider, load_or_create_master_key
+from tessera.oauth.lifecycle import TokenLifecycle
 from tessera.oauth.service import TokenService
 from tessera.sealing import SecretBox
 from tessera.secrets import SecretsService
@@ -48,6 +50,8 @@ class Services:
     authz: AuthzService
     ca: CAService
     federation: FederationService
+    lifecycle: TokenLifecycle
+    key_rotation: KeyRotation
     monitor: MonitorService | None = None
     caep: CaepService | None = None
 
@@ -116,6 +120,10 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
                                             reason="identity decommissioned")
 
     identities.on_decommission(_on_decommission)
+    lifecycle = TokenLifecycle(tokens, identities=identities, audit=audit, clock=clock,
+                               keys=keys, settings=settings.tokens).install()
+    key_rotation = KeyRotation(keys, clock, audit, RotationPolicy(
+        settings.keys.rotation_days, settings.keys.prepublish_seconds, settings.tokens.max_ttl))
     ca = CAService(clock, keys, identities, audit, settings.ca)
     federation = FederationService(clock, identities, audit, settings.federation,
                                    leeway=settings.tokens.leeway)
@@ -133,7 +141,8 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
                     audit=audit, keys=keys, identities=identities, tokens=tokens,
                     webhooks=webhooks, access=access, approvals=approvals,
                     secrets=secrets_service, authz=authz, ca=ca,
-                    federation=federation, monitor=monitor, caep=caep)
+                    federation=federation, monitor=monitor, caep=caep,
+                    lifecycle=lifecycle, key_rotation=key_rotation)
 
 
 def register_workload_identity(tokens: TokenService, ca: CAService,
@@ -145,3 +154,5 @@ def register_workload_identity(tokens: TokenService, ca: CAService,
 
     tokens.grants[GRANT_TYPE] = JWTBearerGrant(tokens, federation, identities)
     tokens.authenticators.append(MutualTLSAuthenticator(ca, identities))
+    tokens.auth_methods += ["tls_client_auth", "self_signed_tls_client_auth"]
+    tokens.certificate_bound_tokens = True

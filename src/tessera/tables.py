@@ -14,7 +14,8 @@ from tessera.keys.models import SigningKeyRow
 from tessera.jobs import JobRunRow
 from tessera.monitor.models import (AlertRow, BaselineRow, DeliveryRow, ResponseRow, RiskRow,
                                     StreamCursorRow, SubscriptionRow)
-from tessera.oauth.models import UsedJTIRow
+from tessera.oauth.models import (FamilyAccessTokenRow, RefreshTokenRow, RevokedTokenRow,
+                                  TokenFamilyRow, UsedJTIRow)
 from tessera.secrets.models import SecretConnectionRow, SecretLeaseRow, SecretTemplateRow
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "MetaRow", "PolicySetRow", "PolicyVersionRow", "ResponseRow", "RiskRow",
     "SecretConnectionRow", "SecretLeaseRow", "SecretTemplateRow", "SigningKeyRow",
     "StreamCursorRow", "SubscriptionRow", "UsedJTIRow", "WebhookDeliveryRow", "WebhookRow",
+    "TokenFamilyRow", "RefreshTokenRow", "FamilyAccessTokenRow", "RevokedTokenRow",
 ]

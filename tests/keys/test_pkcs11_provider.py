@@ -20,7 +20,7 @@ from tessera.keys.jws import sign_compact
 from tessera.keys.software import KeyProviderError, SoftwareKeyProvider
 
 pkcs11 = pytest.importorskip("pkcs11")
-from hsm_helpers import make_csr_pem, register
+from tests.keys.hsm_helpers import make_csr_pem, register
 from pkcs11 import Attribute, Mechanism, ObjectClass
 from pkcs11.exceptions import PKCS11Error
 

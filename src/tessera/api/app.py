@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from tessera import __version__
 from tessera.api import errors
 from tessera.api.middleware import BodyLimitMiddleware, RequestIDMiddleware
-from tessera.api.routers import access, audit, authz, authzen, identities, monitor, oauth
+from tessera.api.routers import access, audit, authz, authzen, identities, keys, monitor, oauth
 from tessera.api.routers import ca as ca_router
 from tessera.api.routers import federation as federation_router
 from tessera.api.routers import secrets as secrets_router
@@ -40,7 +40,21 @@ def default_jobs(services: Services) -> list[Job]:
             services.tokens.purge_expired(session)
             session.commit()
 
-    return [Job("purge-used-jtis", 60.0, purge_jtis), *access_jobs(services),
+    def purge_token_state() -> None:
+        with services.sessions() as session:
+            services.lifecycle.purge(session)
+            session.commit()
+
+    def rotate_keys() -> None:
+        with services.sessions() as session:
+            done = services.key_rotation.tick(session)
+            session.commit()
+        if done:
+            services.keys.invalidate()
+
+    return [Job("purge-used-jtis", 60.0, purge_jtis),
+            Job("purge-token-state", 300.0, purge_token_state),
+            Job("rotate-signing-keys", 60.0, rotate_keys), *access_jobs(services),
             *watch_jobs(services)]
 
 
@@ -108,6 +122,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(ca_router.router)
     app.include_router(federation_router.router)
     app.include_router(monitor.router)
+    app.include_router(keys.router)
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:

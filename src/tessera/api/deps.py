@@ -4,7 +4,7 @@ by the management policy set (Cedar, `admin`)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
@@ -14,7 +14,7 @@ from tessera.audit import RequestContext
 from tessera.audit import events as ev
 from tessera.authz import ADMIN_SET
 from tessera.container import Services
-from tessera.errors import Forbidden, Unauthenticated
+from tessera.errors import Forbidden, OAuthError, Unauthenticated
 from tessera.oauth.rfc9068_access_token import InvalidToken
 
 
@@ -41,12 +41,29 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-def authenticated_subject(request: Request) -> str:
-    """The `sub` of a valid Tessera access token (RFC 6750 bearer)."""
+def _authenticate(request: Request, session: Session) -> dict[str, Any]:
+    """Bearer (RFC 6750) or DPoP-bound (RFC 9449 §7) access token of Tessera's API."""
+    services = get_services(request)
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "dpop" and token.strip():
+        proofs = request.headers.getlist("dpop")
+        try:
+            claims = services.lifecycle.authenticate_dpop(
+                session, token.strip(), ",".join(proofs) or None, method=request.method,
+                url=str(request.url), path=request.url.path)
+        except (InvalidToken, OAuthError) as exc:
+            raise Unauthenticated("the access token or its DPoP proof is invalid") from exc
+        session.commit()  # the proof's jti is spent even when the route only reads
+        return claims
     try:
-        claims = get_services(request).tokens.authenticate_bearer(bearer_token(request))
+        return services.tokens.authenticate_bearer(bearer_token(request), session)
     except InvalidToken as exc:
         raise Unauthenticated("the access token is invalid or expired") from exc
+
+
+def authenticated_subject(request: Request, session: Session) -> str:
+    """The `sub` of a valid Tessera access token (Bearer or DPoP-bound, maybe mTLS-bound)."""
+    claims = _authenticate(request, session)
     if not certificate_binding_holds(request.scope, claims):  # RFC 8705 §3
         raise Unauthenticated("the token is bound to a certificate this connection did "
                               "not present")
@@ -80,7 +97,7 @@ def authorize_call(request: Request, session: Session, subject: str, *,
 def admin_subject(request: Request, session: Annotated[Session, Depends(get_session)]) -> str:
     """The identity behind a valid access token, allowed by the management policies."""
     services = get_services(request)
-    subject = authenticated_subject(request)
+    subject = authenticated_subject(request, session)
     identity = services.identities.find(session, subject)
     if identity is None or not services.identities.is_usable(identity):
         raise Unauthenticated("the token's subject is not an active identity")
@@ -91,7 +108,7 @@ def admin_subject(request: Request, session: Annotated[Session, Depends(get_sess
 def pdp_caller(request: Request, session: Annotated[Session, Depends(get_session)]) -> str:
     """A PDP caller: a valid token whose subject the policies allow to ask (no DB read; an
     inactive or unknown subject is denied by the decision itself)."""
-    subject = authenticated_subject(request)
+    subject = authenticated_subject(request, session)
     authorize_call(request, session, subject, log_allowed=False)
     return subject
 

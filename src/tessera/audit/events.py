@@ -70,6 +70,9 @@ OWNER_NOTIFIED = "monitor.owner.notified"
 RISK_SET = "monitor.risk.set"
 SUBSCRIPTION_CREATED = "caep.subscription.created"
 SUBSCRIPTION_DELETED = "caep.subscription.deleted"
-# Emitted by the OAuth helpers; the monitor listens for them.
-REFRESH_TOKEN_REUSED = "oauth.refresh_token.reused"
+# Token lifecycle and key rotation (issue 3); the monitor and CAEP listen to the first two.
 TOKEN_REVOKED = "oauth.token.revoked"
+REFRESH_TOKEN_REUSED = "oauth.refresh_token.reused"
+TOKEN_FAMILY_REVOKED = "oauth.token_family.revoked"
+KEY_STAGED = "keys.key.staged"
+KEY_DESTROYED = "keys.key.destroyed"

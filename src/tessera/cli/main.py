@@ -15,6 +15,7 @@ from tessera.cli.client import Api, fetch_token
 from tessera.cli.common import DataDir, JsonOut, emit, err, fail, out, run, settings_for
 from tessera.cli.policy import policy_app, resource_app
 from tessera.cli.workload import ca_app, federation_app
+from tessera.cli.keys import keys_app
 from tessera.config import Settings
 
 app = typer.Typer(help="Tessera: identity and access control plane for AI systems.",
@@ -31,6 +32,7 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(resource_app, name="resource")
 app.add_typer(federation_app, name="federation")
 app.add_typer(ca_app, name="ca")
+app.add_typer(keys_app, name="keys")
 
 
 # -- init / serve / token --------------------------------------------------------------------
@@ -188,6 +190,12 @@ def identity_register(
             help="Allowed scope; repeatable.")] = None,
         audience: Annotated[Optional[list[str]], typer.Option(
             help="Allowed audience (resource URI); repeatable.")] = None,
+        token_ttl: Annotated[Optional[int], typer.Option(
+            help="Access token lifetime in seconds (30-3600).")] = None,
+        dpop_required: Annotated[bool, typer.Option(
+            "--dpop-required", help="Issue only DPoP-bound tokens.")] = False,
+        may_act_for: Annotated[Optional[list[str]], typer.Option(
+            help="Identity id it may act for ('*' = any human); repeatable.")] = None,
         as_json: JsonOut = False) -> None:
     """Register a new identity."""
     body: dict[str, Any] = {"name": name, "kind": kind, "purpose": purpose,
@@ -200,7 +208,16 @@ def identity_register(
         body["allowed_scopes"] = scope
     if audience:
         body["allowed_audiences"] = audience
+    body.update(_issue3_fields(token_ttl, dpop_required or None, may_act_for))
     emit(run(lambda: Api(Settings()).call("POST", "/v1/identities", json=body)), as_json)
+
+
+def _issue3_fields(token_ttl: int | None, dpop_required: bool | None,
+                   may_act_for: list[str] | None) -> dict[str, Any]:
+    """Token lifetime, DPoP requirement and delegation rules (only those given)."""
+    fields: dict[str, Any] = {"token_ttl": token_ttl, "dpop_required": dpop_required,
+                              "may_act_for": may_act_for}
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 @identity_app.command("list")
@@ -234,8 +251,15 @@ def identity_update(
                          ] = None,
         audience: Annotated[Optional[list[str]], typer.Option(
             help="Replace allowed audiences.")] = None,
+        token_ttl: Annotated[Optional[int], typer.Option(
+            help="Access token lifetime in seconds (30-3600).")] = None,
+        dpop_required: Annotated[Optional[bool], typer.Option(
+            "--dpop-required/--no-dpop-required", help="Issue only DPoP-bound tokens.")] = None,
+        may_act_for: Annotated[Optional[list[str]], typer.Option(
+            help="Replace the identities it may act for ('*' = any human).")] = None,
         as_json: JsonOut = False) -> None:
-    """Change an identity's purpose, expiry, attributes, scopes or audiences."""
+    """Change an identity's purpose, expiry, attributes, scopes, audiences, token lifetime,
+    DPoP requirement or delegation rules."""
     body: dict[str, Any] = {}
     if purpose is not None:
         body["purpose"] = purpose
@@ -247,6 +271,7 @@ def identity_update(
         body["allowed_scopes"] = scope
     if audience is not None:
         body["allowed_audiences"] = audience
+    body.update(_issue3_fields(token_ttl, dpop_required, may_act_for))
     if not body:
         fail("nothing to update: give at least one option")
     emit(run(lambda: Api(Settings()).call("PATCH", f"/v1/identities/{identity}", json=body)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tessera.db.base import Base
@@ -30,6 +30,10 @@ class IdentityRow(Base):
     status_changed_at: Mapped[datetime | None]
     status_changed_by: Mapped[str | None] = mapped_column(String(40))
     status_reason: Mapped[str | None] = mapped_column(String(1000))
+    # Issue 3 (migration 0003_oauth): per-identity token lifetime, DPoP, delegation rules.
+    token_ttl: Mapped[int | None] = mapped_column(Integer, default=None)
+    dpop_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    may_act_for: Mapped[list[str]] = mapped_column(default=list)
 
 
 class CredentialRow(Base):

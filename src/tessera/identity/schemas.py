@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -28,6 +28,11 @@ class IdentityCreate(_Strict):
     attributes: dict[str, Any] = Field(default_factory=dict)
     allowed_scopes: list[str] = Field(default_factory=list, max_length=100)
     allowed_audiences: list[str] = Field(default_factory=list, max_length=100)
+    token_ttl: int | None = Field(None, ge=30, le=3600, description="access token lifetime (s)")
+    dpop_required: bool = False
+    may_act_for: list[Annotated[str, Field(min_length=1, max_length=40)]] = Field(
+        default_factory=list, max_length=100,
+        description="identity ids it may act for; '*' = any human")
 
 
 class IdentityUpdate(_Strict):
@@ -36,6 +41,10 @@ class IdentityUpdate(_Strict):
     attributes: dict[str, Any] | None = None
     allowed_scopes: list[str] | None = Field(None, max_length=100)
     allowed_audiences: list[str] | None = Field(None, max_length=100)
+    token_ttl: int | None = Field(None, ge=30, le=3600)
+    dpop_required: bool | None = None
+    may_act_for: list[Annotated[str, Field(min_length=1, max_length=40)]] | None = Field(
+        None, max_length=100)
 
 
 class StatusChange(_Strict):
@@ -55,6 +64,9 @@ class IdentityRead(BaseModel):
     roles: list[str]
     allowed_scopes: list[str]
     allowed_audiences: list[str]
+    token_ttl: int | None = None
+    dpop_required: bool = False
+    may_act_for: list[str] = []
     expires_at: datetime | None
     created_at: datetime
     updated_at: datetime

@@ -9,7 +9,7 @@ import json
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -56,6 +56,11 @@ class ClientView:
     expires_at: datetime | None
     last_seen_at: datetime | None
     keys: list[KeyView]
+    kind: str = ""
+    token_ttl: int | None = None
+    dpop_required: bool = False
+    may_act_for: list[str] = field(default_factory=list)
+    spiffe_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,8 @@ class IdentityService:
             attributes=row.attributes, status=row.status, client_id=row.id,
             spiffe_id=self.spiffe_id(row), roles=self.roles(session, row.id),
             allowed_scopes=row.allowed_scopes, allowed_audiences=row.allowed_audiences,
-            expires_at=row.expires_at, created_at=row.created_at, updated_at=row.updated_at,
+            token_ttl=row.token_ttl, dpop_required=bool(row.dpop_required),
+            may_act_for=list(row.may_act_for or []), expires_at=row.expires_at, created_at=row.created_at, updated_at=row.updated_at,
             last_seen_at=row.last_seen_at, status_changed_at=row.status_changed_at,
             status_changed_by=row.status_changed_by, status_reason=row.status_reason)
 
@@ -200,7 +206,8 @@ class IdentityService:
                           owner_id=data.owner, purpose=data.purpose, attributes=data.attributes,
                           status="active", allowed_scopes=data.allowed_scopes,
                           allowed_audiences=data.allowed_audiences, expires_at=data.expires_at,
-                          created_at=now, updated_at=now)
+                          token_ttl=data.token_ttl, dpop_required=data.dpop_required,
+                          may_act_for=data.may_act_for, created_at=now, updated_at=now)
         session.add(row)
         try:
             session.flush()
@@ -223,7 +230,7 @@ class IdentityService:
             self._check_attributes(patch.attributes)
         self._check_lists(patch.allowed_scopes, patch.allowed_audiences)
         for key, value in fields.items():
-            if value is None and key != "expires_at":
+            if value is None and key not in ("expires_at", "token_ttl"):
                 continue
             setattr(row, key, value)
         row.updated_at = self._clock.now()
@@ -357,8 +364,9 @@ class IdentityService:
         now = self._clock.now()
         i, c = IdentityRow.__table__.c, CredentialRow.__table__.c
         rows = session.execute(
-            select(i.id, i.status, i.expires_at, i.allowed_scopes, i.allowed_audiences,
-                   i.last_seen_at, c.id.label("cid"), c.kid, c.public_jwk, c.thumbprint,
+            select(i.id, i.name, i.kind, i.status, i.expires_at, i.allowed_scopes,
+                   i.allowed_audiences, i.last_seen_at, i.token_ttl, i.dpop_required,
+                   i.may_act_for, c.id.label("cid"), c.kid, c.public_jwk, c.thumbprint,
                    c.expires_at.label("cexp"), c.last_used_at)
             .select_from(IdentityRow.__table__.outerjoin(
                 CredentialRow.__table__, (c.identity_id == i.id) & (c.status == "active")))
@@ -372,7 +380,19 @@ class IdentityService:
                 if r.cid is not None and (r.cexp is None or r.cexp > now)]
         return ClientView(first.id, usable, list(first.allowed_scopes),
                           list(first.allowed_audiences), first.expires_at, first.last_seen_at,
-                          keys)
+                          keys, kind=first.kind, token_ttl=first.token_ttl,
+                          dpop_required=bool(first.dpop_required),
+                          may_act_for=list(first.may_act_for or []),
+                          spiffe_id=f"spiffe://{self.rules.trust_domain}/{first.kind}/"
+                                    f"{first.name}")
+
+    def credential_revoked_since(self, session: Session, identity_id: str,
+                                 since: datetime) -> bool:
+        """True when any credential of the identity was revoked after `since` (key compromise:
+        tokens obtained before it are no longer trusted)."""
+        return session.scalars(select(CredentialRow.id).where(
+            CredentialRow.identity_id == identity_id,
+            CredentialRow.revoked_at > since).limit(1)).first() is not None
 
     def touch(self, session: Session, client: ClientView, key: KeyView) -> None:
         """Record use; written at most once a minute per row to keep the hot path light."""

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from tessera.audit import events as ev
 from tessera.monitor.baseline import Baseline, Event, network_of
 
-REFRESH_REUSE_TYPES = ("oauth.refresh_token.reused",)
+REFRESH_REUSE_TYPES = (ev.REFRESH_TOKEN_REUSED,)
 
 
 @dataclass

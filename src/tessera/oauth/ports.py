@@ -26,6 +26,12 @@ class Client:
     allowed_audiences: list[str] = field(default_factory=list)
     expires_at: datetime | None = None
     handle: Any = None
+    # Issue 3: lifetime, sender constraint and delegation rules of the identity.
+    kind: str = "agent"
+    token_ttl: int | None = None
+    dpop_required: bool = False
+    may_act_for: list[str] = field(default_factory=list)
+    spiffe_id: str | None = None
 
 
 class ClientStore(Protocol):

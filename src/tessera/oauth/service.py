@@ -45,7 +45,9 @@ class SqlClients:
         return Client(client_id=view.id, usable=view.usable,
                       allowed_scopes=view.allowed_scopes,
                       allowed_audiences=view.allowed_audiences, expires_at=view.expires_at,
-                      handle=view)
+                      handle=view, kind=view.kind, token_ttl=view.token_ttl,
+                      dpop_required=view.dpop_required, may_act_for=view.may_act_for,
+                      spiffe_id=view.spiffe_id)
 
     def client_keys(self, client: Client, kid: str | None) -> list[ClientKey]:
         return [ClientKey(kid=k.kid, jwk=k.jwk, handle=k) for k in client.handle.keys
@@ -76,6 +78,7 @@ class SqlReplayCache:
 class TokenResponse:
     body: dict[str, Any]
     claims: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -95,6 +98,8 @@ class TokenRequest:
 
 GrantHandler = Callable[[TokenRequest], TokenResponse]
 ClientAuthenticator = Callable[[TokenRequest], "AuthenticatedClient | None"]
+# Checks run on every Tessera token the management API accepts (revocation, status...).
+TokenCheck = Callable[[Session, dict[str, Any]], None]
 
 
 class TokenService:
@@ -117,6 +122,10 @@ class TokenService:
         self._settings = settings
         self.grants: dict[str, GrantHandler] = {"client_credentials": self._client_credentials}
         self.authenticators: list[ClientAuthenticator] = [self._private_key_jwt]
+        # What metadata advertises; whoever appends an authenticator names its methods here.
+        self.auth_methods: list[str] = ["private_key_jwt"]
+        self.certificate_bound_tokens = False
+        self.token_checks: list[TokenCheck] = []
 
     def verifier(self, session: Session) -> ClientAssertionVerifier:
         return ClientAssertionVerifier(
@@ -163,8 +172,11 @@ class TokenService:
                           data={"method": authn.method, "kid": authn.key.kid})
 
     def lifetime(self, client: Client, now: datetime, cap: int | None = None) -> int:
-        """Default lifetime, never above the maximum, the client's expiry or `cap`."""
-        ttl = min(self._settings.default_ttl, self._settings.max_ttl)
+        """Per identity, else per kind, else default; never above the maximum, the client's
+        expiry or `cap`."""
+        ttl = client.token_ttl or self._settings.ttl_by_kind.get(client.kind) or \
+            self._settings.default_ttl
+        ttl = min(ttl, self._settings.max_ttl)
         if client.expires_at is not None:
             ttl = min(ttl, int((client.expires_at - now).total_seconds()))
         if cap is not None:
@@ -233,10 +245,23 @@ class TokenService:
         unique = list(dict.fromkeys(resources))
         return unique[0] if len(unique) == 1 else unique
 
-    def authenticate_bearer(self, token: str) -> dict[str, Any]:
-        """Validate one of our own access tokens for Tessera's API (audience = issuer)."""
-        return at.validate(token, self._keys.keyset(), issuer=self.issuer, audience=self.issuer,
-                           now=self._clock.now(), leeway=self._settings.leeway)
+    def authenticate_bearer(self, token: str, session: Session | None = None) -> dict[str, Any]:
+        """Validate one of our own access tokens for Tessera's API (audience = issuer).
+
+        With a session, `token_checks` also run (revoked jti, suspended subject or client).
+        """
+        claims = at.validate(token, self._keys.keyset(), issuer=self.issuer,
+                             audience=self.issuer, now=self._clock.now(),
+                             leeway=self._settings.leeway)
+        # RFC 9449 §7.1: a DPoP-bound token is not a bearer token. (A certificate-bound one,
+        # RFC 8705 §3, is presented as Bearer; the caller checks its x5t#S256 binding.)
+        cnf = claims.get("cnf")
+        if isinstance(cnf, dict) and "jkt" in cnf:
+            raise at.InvalidToken("sender-constrained token presented as a bearer token")
+        if session is not None:
+            for check in self.token_checks:
+                check(session, claims)
+        return claims
 
     def purge_expired(self, session: Session) -> int:
         return SqlReplayCache.purge(session, self._clock.now() - timedelta(seconds=5))

@@ -1,4 +1,5 @@
-"""OAuth endpoints: metadata (RFC 8414), JWKS, token (RFC 6749 §3.2)."""
+"""OAuth endpoints: metadata (RFC 8414), JWKS, token (RFC 6749 §3.2), introspection (RFC 7662),
+revocation (RFC 7009)."""
 
 from __future__ import annotations
 
@@ -43,20 +44,40 @@ def parse_form(request: Request, body: bytes) -> tuple[dict[str, str], list[str]
     return form, resources
 
 
+def _refused(services: Services, failure: OAuthError, form: dict[str, str],
+             ctx: RequestContext) -> None:
+    """Audit a refusal in its own transaction; run its follow-up (e.g. a family revocation)."""
+    with services.sessions() as session:
+        on_refused = getattr(failure, "on_refused", None)
+        if on_refused is not None:
+            on_refused(session, ctx)
+        services.tokens.record_refusal(session, failure, form, ctx)
+        session.commit()
+
+
 def _issue(services: Services, form: dict[str, str], resources: list[str],
-           ctx: RequestContext, transport: dict[str, Any]) -> dict[str, Any]:
+           ctx: RequestContext, transport: dict[str, Any]) -> tuple[dict[str, Any],
+                                                                    dict[str, str]]:
     with services.sessions() as session:
         try:
             result = services.tokens.token(session, form, resources, ctx, **transport)
             session.commit()
-            return result.body
+            return result.body, result.headers
         except OAuthError as err:
             session.rollback()
             failure = err
-    with services.sessions() as session:
-        services.tokens.record_refusal(session, failure, form, ctx)
-        session.commit()
+    _refused(services, failure, form, ctx)
     raise failure
+
+
+def _transport(request: Request) -> dict[str, Any]:
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    dpop = request.headers.getlist("dpop")
+    if dpop:
+        # RFC 9449 §4.3: more than one DPoP header is an error; joining makes it fail.
+        headers["dpop"] = ",".join(dpop)
+    return {"method": request.method, "url": str(request.url), "headers": headers,
+            "client_cert": client_cert_der(request.scope)}
 
 
 @router.post("/oauth2/token")
@@ -65,18 +86,73 @@ async def token(request: Request) -> JSONResponse:
     ctx = request_context(request)
     try:
         form, resources = parse_form(request, await request.body())
-        transport = {"method": request.method, "url": str(request.url),
-                     "headers": {k.lower(): v for k, v in request.headers.items()},
-                     "client_cert": client_cert_der(request.scope)}
-        body = await run_in_threadpool(_issue, services, form, resources, ctx, transport)
+        body, headers = await run_in_threadpool(_issue, services, form, resources, ctx,
+                                                _transport(request))
+    except OAuthError as err:
+        return oauth_error_response(err)
+    return JSONResponse(body, headers={**NO_STORE, **headers})
+
+
+def _introspect(services: Services, form: dict[str, str], ctx: RequestContext,
+                transport: dict[str, Any]) -> dict[str, Any]:
+    with services.sessions() as session:
+        try:
+            body = services.lifecycle.introspect(session, form, ctx, **transport)
+            session.commit()  # the client assertion's jti is now spent
+            return body
+        except OAuthError as err:
+            session.rollback()
+            failure = err
+    _refused(services, failure, form, ctx)
+    raise failure
+
+
+def _revoke(services: Services, form: dict[str, str], ctx: RequestContext,
+            transport: dict[str, Any]) -> None:
+    with services.sessions() as session:
+        try:
+            services.lifecycle.revoke(session, form, ctx, **transport)
+            session.commit()
+            return
+        except OAuthError as err:
+            session.rollback()
+            failure = err
+    _refused(services, failure, form, ctx)
+    raise failure
+
+
+@router.post("/oauth2/introspect")
+async def introspect(request: Request) -> JSONResponse:
+    """RFC 7662 §2: client-authenticated; inactive tokens answer {"active": false}."""
+    services = get_services(request)
+    ctx = request_context(request)
+    try:
+        form, _ = parse_form(request, await request.body())
+        body = await run_in_threadpool(_introspect, services, form, ctx, _transport(request))
     except OAuthError as err:
         return oauth_error_response(err)
     return JSONResponse(body, headers=NO_STORE)
 
 
+@router.post("/oauth2/revoke")
+async def revoke(request: Request) -> JSONResponse:
+    """RFC 7009 §2: client-authenticated; 200 for unknown or invalid tokens too."""
+    services = get_services(request)
+    ctx = request_context(request)
+    try:
+        form, _ = parse_form(request, await request.body())
+        await run_in_threadpool(_revoke, services, form, ctx, _transport(request))
+    except OAuthError as err:
+        return oauth_error_response(err)
+    return JSONResponse({}, headers=NO_STORE)
+
+
 @router.get("/.well-known/oauth-authorization-server")
 def authorization_server_metadata(services: ServicesDep) -> dict[str, Any]:
-    return metadata(services.tokens.issuer)
+    return metadata(services.tokens.issuer, grant_types=services.lifecycle.grant_types,
+                    dpop_algs=services.lifecycle.settings.dpop_algs,
+                    auth_methods=services.tokens.auth_methods,
+                    certificate_bound_tokens=services.tokens.certificate_bound_tokens)
 
 
 @router.get("/oauth2/jwks")
