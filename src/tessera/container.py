@@ -12,6 +12,7 @@ from tessera.audit import AuditOptions, AuditService
 from tessera.authz import AuthzService
 from tessera.ca import CAService
 from tessera.clock import Clock, SystemClock
+from tessera import wiring
 from tessera.config import Settings
 from tessera.db import make_engine, make_session_factory
 from tessera.db.meta import get_meta
@@ -137,6 +138,8 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
                              thresholds=settings.monitor.responses)
     caep = CaepService(clock, audit, tokens.issuer, keys.signer)
     monitor.event_hooks.append(caep.on_events)
+    wiring.connect(authz=authz, monitor=monitor, lifecycle=lifecycle, federation=federation,
+                   identities=identities)
     return Services(settings=settings, clock=clock, engine=engine, sessions=sessions,
                     audit=audit, keys=keys, identities=identities, tokens=tokens,
                     webhooks=webhooks, access=access, approvals=approvals,

@@ -31,7 +31,8 @@ KIND_BY_TYPE = {v: k for k, v in TYPE_BY_KIND.items()}
 ROLE_TYPE = "Role"
 ACTION_TYPE = "Action"
 RESERVED_ATTRS = ("kind", "name", "status", "owner", "purpose", "spiffe_id")
-ENRICHED_CONTEXT = ("hour", "weekday", "timestamp", "source_ip", "risk_score",
+# `risk` is the name policies use (issue 6: "context.risk"); `risk_score` is kept as an alias.
+ENRICHED_CONTEXT = ("hour", "weekday", "timestamp", "source_ip", "risk", "risk_score",
                     "principal_status")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 IDENTITY_ALIAS = "*identity*"  # alias target meaning "look the id up in the registry"
@@ -322,7 +323,7 @@ class Snapshot:
             ctx["action"] = cedar_record(req.action_properties)
         ctx.update(hour=now.hour, weekday=WEEKDAYS[now.weekday()],
                    timestamp=int(now.timestamp()), source_ip=req.source or "",
-                   risk_score=int(risk), principal_status=status)
+                   risk=int(risk), risk_score=int(risk), principal_status=status)
         return ctx
 
     def evaluate(self, req: EvalRequest, now: datetime) -> Decision:

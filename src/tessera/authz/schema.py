@@ -20,7 +20,7 @@ CATALOG_TYPES = ("Dataset", "Tool", "Api", "Model")
 CATALOG_ATTRS = {"classification": "String", "data_classes": "Set<String>", "owner": "String",
                  "impact_level": "String", "name": "String", "description": "String"}
 CONTEXT_TYPE = ("type Context = { hour: Long, weekday: String, timestamp: Long, "
-                "source_ip: String, risk_score: Long, principal_status: String };")
+                "source_ip: String, risk: Long, risk_score: Long, principal_status: String };")
 _DECL_RE = re.compile(r"\bentity\s+([A-Za-z_][A-Za-z0-9_]*(?:\s*,\s*[A-Za-z_][A-Za-z0-9_]*)*)")
 _ACTION_RE = re.compile(r'\baction\s+((?:"(?:\\.|[^"\\])*"|[A-Za-z_]\w*)(?:\s*,\s*(?:"(?:\\.|'
                         r'[^"\\])*"|[A-Za-z_]\w*))*)')

@@ -141,7 +141,7 @@ def run_file(path: Path, policies: Any) -> list[CaseResult]:
             req = case["request"]
             env = dict(req.get("env") or {})
             snap = _source(policies, shared + list(case.get("entities") or []),
-                           int(env.get("risk_score", 0)))
+                           int(env.get("risk", env.get("risk_score", 0))))
             action = req["action"]
             when = datetime.fromisoformat(str(req.get("time", DEFAULT_TIME))).astimezone(UTC)
             ereq = EvalRequest(

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from joserfc.errors import JoseError
 from joserfc.jws import extract_compact
-from sqlalchemy import delete, select, update
+from sqlalchemy import or_, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -554,6 +554,15 @@ class TokenLifecycle:
             expires_at=datetime.fromtimestamp(exp + self.settings.leeway,
                                               self._clock.now().tzinfo)))
         session.flush()
+
+    def revoke_identity(self, session: Session, identity_id: str, *, reason: str) -> int:
+        """Revoke every live token family the identity holds, as subject or as client."""
+        families = session.scalars(select(TokenFamilyRow.id).where(
+            or_(TokenFamilyRow.subject == identity_id, TokenFamilyRow.client_id == identity_id),
+            TokenFamilyRow.revoked_at.is_(None))).all()
+        for family_id in families:
+            self.revoke_family(session, family_id, reason=reason)
+        return len(families)
 
     def revoke_family(self, session: Session, family_id: str, *, reason: str,
                       ctx: RequestContext | None = None, actor: str | None = None,

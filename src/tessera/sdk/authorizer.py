@@ -162,7 +162,7 @@ class Authorizer:
                 "attrs": dict(resource.get("properties") or {}), "parents": []}]))
         ctx = dict(context or {})
         ctx.update(hour=now.hour, weekday=_WEEKDAYS[now.weekday()],
-                   timestamp=int(now.timestamp()), source_ip="", risk_score=0,
+                   timestamp=int(now.timestamp()), source_ip="", risk=0, risk_score=0,
                    principal_status=status["status"] if status else "active")
         req = {"principal": {"type": st, "id": sid}, "action": {"type": "Action", "id": action},
                "resource": {"type": rt, "id": rid}, "context": ctx}

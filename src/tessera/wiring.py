@@ -1,0 +1,84 @@
+"""Connections between domain packages that no single package owns.
+
+Called once by the container (the composition root). Each function names the two packages it
+joins, so a reader can find every cross-package hook in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from base64 import urlsafe_b64decode
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from tessera.authz import AuthzService
+from tessera.errors import InvalidRequest
+from tessera.federation.service import FederationRejected, FederationService
+from tessera.identity import IdentityService
+from tessera.monitor.service import MonitorService
+from tessera.oauth.lifecycle import SubjectToken, TokenLifecycle
+
+
+class MonitorRisk:
+    """authz ← monitor: `context.risk` in every decision is the monitor's current score."""
+
+    def __init__(self, monitor: MonitorService) -> None:
+        self._monitor = monitor
+
+    def score(self, principal_id: str) -> int:
+        return int(self._monitor.risk_of(principal_id))
+
+
+def _unverified_issuer(token: str) -> str | None:
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return None
+    iss = claims.get("iss") if isinstance(claims, dict) else None
+    return iss if isinstance(iss, str) else None
+
+
+class FederatedSubjects:
+    """oauth ← federation: an RFC 8693 `subject_token` from a trusted external issuer.
+
+    The token is verified and mapped exactly as for the JWT bearer grant; the subject is the
+    mapped identity, and what it may delegate is what that identity may hold itself.
+    """
+
+    def __init__(self, federation: FederationService, identities: IdentityService,
+                 own_issuer: str) -> None:
+        self._federation = federation
+        self._identities = identities
+        self._own_issuer = own_issuer
+
+    def __call__(self, session: Session, token: str, token_type: str,
+                 now: datetime) -> SubjectToken | None:
+        iss = _unverified_issuer(token)
+        if iss is None or iss == self._own_issuer:
+            return None  # not a JWT, or one of Tessera's own (another resolver's)
+        try:
+            found = self._federation.authenticate_token(session, token)
+        except FederationRejected as exc:
+            raise InvalidRequest("subject_token is invalid") from exc
+        row = self._identities.find(session, found.identity_id)
+        if row is None or not self._identities.is_usable(row):
+            raise InvalidRequest("subject_token is invalid")
+        return SubjectToken(subject=row.id, exp=int(found.expires_at),
+                            scope=" ".join(row.allowed_scopes) or None, issuer=found.issuer)
+
+
+def connect(*, authz: AuthzService, monitor: MonitorService, lifecycle: TokenLifecycle,
+            federation: FederationService, identities: IdentityService) -> None:
+    authz.set_risk_provider(MonitorRisk(monitor))
+    lifecycle.subject_resolvers.append(FederatedSubjects(federation, identities,
+                                                         lifecycle.tokens.issuer))
+    # monitor → oauth: "suspend and revoke its tokens" revokes every live token family.
+    monitor.token_revokers.append(
+        lambda session, identity_id: lifecycle.revoke_identity(session, identity_id,
+                                                               reason="risk response"))
+
+
+__all__: list[Any] = ["FederatedSubjects", "MonitorRisk", "connect"]
