@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	@test -f $(DATA)/tessera.db || $(BIN)/tessera init --data-dir $(DATA)
+	@echo "CLI: source $(VENV)/bin/activate (then: tessera --help)"
 	@$(BIN)/tessera serve --data-dir $(DATA)
 
 test-deps:
