@@ -27,6 +27,7 @@ from tessera.monitor.engine import MonitorConfig
 from tessera.monitor.service import MonitorService
 from tessera.keys.software import SoftwareKeyProvider, load_or_create_master_key
 from tessera.oauth.lifecycle import TokenLifecycle
+from tessera.oauth.ports import Client
 from tessera.oauth.service import TokenService
 from tessera.sealing import SecretBox
 from tessera.secrets import SecretsService
@@ -131,6 +132,7 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
     register_workload_identity(tokens, ca, federation, identities)
     authz = AuthzService(clock, audit, identities)
     authz.install(sessions)
+    connect_policy(authz, approvals, lifecycle)
     monitor = MonitorService(clock, audit, identities, make_session_factory(engine, readonly=True),
                              config=MonitorConfig(
                                  learning_seconds=settings.monitor.learning_days * 86400,
@@ -146,6 +148,35 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
                     secrets=secrets_service, authz=authz, ca=ca,
                     federation=federation, monitor=monitor, caep=caep,
                     lifecycle=lifecycle, key_rotation=key_rotation)
+
+
+def connect_policy(authz: AuthzService, approvals: ApprovalService,
+                   lifecycle: TokenLifecycle) -> None:
+    """The decision point spends `@approval` references through the approvals service, and
+    token exchange asks it whether the actor may `act_for` the subject."""
+    from tessera.access.ports import ActionRequest
+    from tessera.audit import RequestContext
+    from tessera.authz.ports import ApprovalBinding
+    from tessera.errors import InvalidRequest, Refused
+
+    def redeem(session: Session, reference: str, binding: ApprovalBinding, *,
+               actor: str | None, ctx: RequestContext | None) -> str | None:
+        request = ActionRequest(binding.principal, binding.action, binding.resource,
+                                dict(binding.context))
+        try:
+            approvals.use(session, reference, request, actor=actor, ctx=ctx,
+                          group=binding.group)
+        except Refused as exc:
+            return exc.code
+        return None
+
+    def act_for(session: Session, actor: Client, subject: str) -> None:
+        denied = authz.delegation_refusal(actor.client_id, subject)
+        if denied is not None:
+            raise InvalidRequest("policy does not allow this client to act for the subject")
+
+    authz.approval_redeemer = redeem
+    lifecycle.delegation_checks.append(act_for)
 
 
 def register_workload_identity(tokens: TokenService, ca: CAService,

@@ -275,9 +275,12 @@ class ApprovalService:
     def authorise_view(self, session: Session, row: ActionApprovalRow, actor: str) -> None:
         self._authorise_view(session, row, actor)
 
-    def use(self, session: Session, reference: str, request: ActionRequest, *, actor: str,
-            ctx: RequestContext | None = None) -> ActionApprovalRow:
-        """Accept `reference` for exactly `request`, once. Every refusal is audited."""
+    def use(self, session: Session, reference: str, request: ActionRequest, *, actor: str | None,
+            ctx: RequestContext | None = None, group: str | None = None) -> ActionApprovalRow:
+        """Accept `reference` for exactly `request`, once. Every refusal is audited.
+
+        `group`, when given (the decision point's `@approval` obligation), must be the group
+        the approval was opened for: a yes from another group lifts nothing."""
         row = None
         if reference.startswith(REF_PREFIX):
             row = session.scalars(select(ActionApprovalRow).where(
@@ -292,6 +295,8 @@ class ApprovalService:
             code = "reference_expired"
         elif not hmac.compare_digest(row.request_hash, request.digest()):
             code = "request_mismatch"
+        elif group is not None and row.approver_group != group:
+            code = "wrong_approver_group"
         if code is None and row is not None:
             # INVARIANT: single use even under concurrent presentation: the conditional
             # update succeeds for exactly one transaction.

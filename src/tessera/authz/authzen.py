@@ -111,6 +111,7 @@ def response(decision: Decision) -> dict[str, Any]:
                            "policy_version": decision.policy_version}
     if decision.errors:
         ctx["errors"] = decision.errors
+    ctx.update(decision.extra)
     return {"decision": decision.allowed, "context": ctx}
 
 
@@ -128,13 +129,18 @@ class Evaluated:
 
 
 def evaluations(snap: Snapshot, body: dict[str, Any], source: str | None,
-                now: datetime) -> tuple[dict[str, Any], list[Evaluated]]:
-    """§7: boxcarred evaluations with request-level defaults and evaluation semantics."""
+                now: datetime, decide: Callable[[EvalRequest], Decision] | None = None,
+                ) -> tuple[dict[str, Any], list[Evaluated]]:
+    """§7: boxcarred evaluations with request-level defaults and evaluation semantics.
+
+    `decide` evaluates one request (default: the snapshot; the service adds approvals)."""
+    if decide is None:
+        decide = lambda r: snap.evaluate(r, now)
     items = body.get("evaluations")
     if items is None or items == []:
         # §7.1: without an evaluations array the request is a single evaluation.
         req = to_request(snap, body, source)
-        decision = snap.evaluate(req, now)
+        decision = decide(req)
         out = response(decision)
         return out, [Evaluated(req, decision, out)]
     if not isinstance(items, list):
@@ -162,7 +168,7 @@ def evaluations(snap: Snapshot, body: dict[str, Any], source: str | None,
             except AuthZENError as exc:
                 results.append(Evaluated(None, None, error_item(exc)))
             else:
-                decision = snap.evaluate(req, now)
+                decision = decide(req)
                 results.append(Evaluated(req, decision, response(decision)))
         allowed = results[-1].body["decision"]
         if (semantic == "deny_on_first_deny" and not allowed) or \

@@ -140,6 +140,7 @@ class Decision:
     obligations: list[dict[str, Any]] = field(default_factory=list)
     policy_version: int | None = None
     latency_us: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # more response context (approvals)
 
     def as_dict(self) -> dict[str, Any]:
         return {"allowed": self.allowed, "reasons": self.reasons, "errors": self.errors,
@@ -177,7 +178,8 @@ class Snapshot:
         self._identities = source.identities
         self._names = {r.name: r.id for r in source.identities.values()}
         self._entities = source.entities
-        self._ps_cache: dict[tuple[str, Uid, str], tuple[Any, tuple[str, ...]]] = {}
+        self._ps_cache: dict[tuple[str, Uid, str, frozenset[str]],
+                             tuple[Any, tuple[str, ...]]] = {}
         self._ent_cache: dict[tuple[Uid, Uid, Uid], Any] = {}
         self._lock = threading.Lock()
         self.known_types = (set(TYPE_BY_KIND.values()) | {ROLE_TYPE, ACTION_TYPE}
@@ -248,19 +250,32 @@ class Snapshot:
             return p.action_in and bool(ancestors & p.actions)
         return True
 
-    def policy_set(self, ptype: str, action: Uid, rtype: str) -> tuple[Any, tuple[str, ...]]:
-        """The prepared PolicySet of the policies whose scope can match; (None, ()) if none."""
-        key = (ptype, action, rtype)
+    def policy_set(self, ptype: str, action: Uid, rtype: str,
+                   waive: frozenset[str] = frozenset()) -> tuple[Any, tuple[str, ...]]:
+        """The prepared PolicySet of the policies whose scope can match, minus the `waive`d
+        ones (forbids an approval lifts); (None, ()) if none."""
+        key = (ptype, action, rtype, waive)
         hit = self._ps_cache.get(key)
         if hit is not None:
             return hit
         ancestors = self._action_ancestors(action)
-        chosen = [p for p in self._policies if self._matches(p, ptype, action, ancestors, rtype)]
+        chosen = [p for p in self._policies if p.id not in waive and
+                  self._matches(p, ptype, action, ancestors, rtype)]
         value = (build_policy_set(chosen) if chosen else None, tuple(p.id for p in chosen))
         if len(self._ps_cache) >= CACHE_LIMIT:
             self._ps_cache.clear()
         self._ps_cache[key] = value
         return value
+
+    def names_action(self, action: Uid) -> bool:
+        """Whether some policy names `action` (or a group it is in) in its scope."""
+        ancestors = self._action_ancestors(action)
+        return any(p.actions is not None and (action in p.actions or
+                                              (p.action_in and bool(ancestors & p.actions)))
+                   for p in self._policies)
+
+    def policy(self, policy_id: str) -> Policy | None:
+        return self._by_id.get(policy_id)
 
     # -- entities --------------------------------------------------------------------------
 
@@ -326,10 +341,11 @@ class Snapshot:
                    risk=int(risk), risk_score=int(risk), principal_status=status)
         return ctx
 
-    def evaluate(self, req: EvalRequest, now: datetime) -> Decision:
+    def evaluate(self, req: EvalRequest, now: datetime,
+                 waive: frozenset[str] = frozenset()) -> Decision:
         start = time.perf_counter()
         try:
-            decision = self._evaluate(req, now)
+            decision = self._evaluate(req, now, waive)
         except Exception as exc:  # noqa: BLE001 - a decision denies on error, never raises
             decision = Decision(False, ["the request could not be evaluated"],
                                 [f"{type(exc).__name__}: {exc}"[:300]])
@@ -337,7 +353,7 @@ class Snapshot:
         decision.latency_us = (time.perf_counter() - start) * 1e6
         return decision
 
-    def _evaluate(self, req: EvalRequest, now: datetime) -> Decision:
+    def _evaluate(self, req: EvalRequest, now: datetime, waive: frozenset[str]) -> Decision:
         ptype, pid = req.principal
         status = "active"
         if ptype in KIND_BY_TYPE:
@@ -356,7 +372,7 @@ class Snapshot:
                 status = rec.status
         elif req.principal not in self._entities:
             return Decision(False, ["unknown subject"])
-        policy_set, _ids = self.policy_set(req.principal[0], req.action, req.resource[0])
+        policy_set, _ids = self.policy_set(req.principal[0], req.action, req.resource[0], waive)
         if policy_set is None:
             return Decision(False, ["no policy applies to this request"])
         risk = self._risk.score(req.principal[1]) if ptype in KIND_BY_TYPE else 0

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session
+
+from tessera.audit import RequestContext
 
 
 class RiskProvider(Protocol):
@@ -16,3 +22,31 @@ class NoRisk:
 
     def score(self, principal_id: str) -> int:
         return 0
+
+
+@dataclass(frozen=True)
+class ApprovalBinding:
+    """The exact request an `@approval` obligation asks a person to approve: the principal's
+    id, the action name, the resource as `Type::"id"`, the context values the applicable
+    policies look at, and the approver group the obligation names."""
+
+    principal: str
+    action: str
+    resource: str
+    context: Mapping[str, Any]
+    group: str
+
+    def request(self) -> dict[str, Any]:
+        """The body the agent opens its approval with (`POST /v1/approvals`)."""
+        return {"principal": self.principal, "action": self.action,
+                "resource": self.resource, "context": dict(self.context), "group": self.group}
+
+
+class ApprovalRedeemer(Protocol):
+    """Accepts an approval reference for exactly `binding`, once.
+
+    Returns None when accepted (the reference is spent), else a client-safe refusal code.
+    Joins the caller's transaction; records its own audit events."""
+
+    def __call__(self, session: Session, reference: str, binding: ApprovalBinding, *,
+                 actor: str | None, ctx: RequestContext | None) -> str | None: ...

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources as pkg_resources
 from typing import Any
 
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.audit import AuditService, RequestContext
 from tessera.audit import events as ev
+from tessera.authz import approvals
 from tessera.authz.engine import (
     ACTION_TYPE,
     KIND_BY_TYPE,
@@ -39,7 +41,7 @@ from tessera.authz.engine import (
 from tessera.authz.errors import PolicyError, PolicyProblem
 from tessera.authz.models import AuthzStateRow, EntityRow, PolicySetRow, PolicyVersionRow
 from tessera.authz.policies import ParsedPolicies, parse_files
-from tessera.authz.ports import NoRisk, RiskProvider
+from tessera.authz.ports import ApprovalRedeemer, NoRisk, RiskProvider
 from tessera.authz.schema import declared_names, generate_schema, validate
 from tessera.clock import Clock
 from tessera.db import make_session_factory
@@ -57,6 +59,7 @@ TYPE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(::[A-Za-z_][A-Za-z0-9_]*)*$")
 CLASSIFICATIONS = ("public", "internal", "confidential", "restricted")
 IMPACT_LEVELS = ("low", "medium", "high", "critical")
 API_RESOURCE = ("Api", "tessera")
+ACT_FOR = "act_for"  # Action::"act_for": may the principal act for the resource (delegation)
 CHECK_INTERVAL = 1.0  # seconds between version checks on one node
 MAX_LOGGED_REQUEST = 4096
 _IGNORED_IDENTITY_FIELDS = {"last_seen_at", "updated_at"}
@@ -112,6 +115,8 @@ class AuthzService:
         self._checked = 0.0
         self._dirty = True
         self._lock = threading.Lock()
+        # Spends approval references (`@approval` obligations); wired in the container.
+        self.approval_redeemer: ApprovalRedeemer | None = None
 
     # -- change tracking -------------------------------------------------------------------
 
@@ -534,6 +539,31 @@ class AuthzService:
             reasons=[f"{allowed} of {len(items)} permitted"],
             data={"policy_set": DEFAULT_SET, "decisions": decisions,
                   "policy_version": items[0][1].policy_version if items else None})
+
+    def decide(self, session: Session, snap: Snapshot, req: EvalRequest, now: datetime, *,
+               actor: str | None, ctx: RequestContext | None) -> Decision:
+        """One decision, with `@approval` obligations handled (see `tessera.authz.approvals`)."""
+        return approvals.decide(snap, req, now, session=session,
+                                redeemer=self.approval_redeemer, actor=actor, ctx=ctx)
+
+    def delegation_refusal(self, actor: str, subject: str) -> Decision | None:
+        """Whether policy refuses that `actor` acts for `subject` (token exchange).
+
+        Asks the default set for `Action::"act_for"` with the actor as principal and the
+        subject as resource. Refuses only when a forbid determines the deny, or when some
+        policy names `act_for` and none permits; with no policy about it, delegation stays
+        with the identity's `may_act_for`. Returns the deny, or None when not refused."""
+        snap = self.snapshot()
+        arec, srec = snap.identity(actor), snap.identity(subject)
+        req = EvalRequest(principal=arec.uid if arec else ("User", actor),
+                          action=(ACTION_TYPE, ACT_FOR),
+                          resource=srec.uid if srec else ("User", subject))
+        decision = snap.evaluate(req, self._clock.now())
+        if decision.allowed:
+            return None
+        forbidden = any((p := snap.policy(i)) is not None and p.effect == "forbid"
+                        for i in decision.policies)
+        return decision if forbidden or snap.names_action(req.action) else None
 
     def authorize_management(self, subject: str, method: str, route: str,
                              target: str | None, source: str | None) -> tuple[EvalRequest,

@@ -15,6 +15,7 @@ from tessera.api.deps import DbSession, PDPCaller, ServicesDep, request_context
 from tessera.api.errors import problem
 from tessera.audit import events as ev
 from tessera.authz import authzen
+from tessera.authz.engine import Decision, EvalRequest
 from tessera.authz.errors import AuthZENError
 
 router = APIRouter(tags=["authzen"])
@@ -57,11 +58,15 @@ def _evaluate(request: Request, raw: bytes, caller: str, session: Any, services:
     ctx = request_context(request, caller)
     snap = services.authz.snapshot()
     now = services.clock.now()
+
+    def decide(req: EvalRequest) -> Decision:
+        return services.authz.decide(session, snap, req, now, actor=caller, ctx=ctx)
+
     if batch:
-        out, results = authzen.evaluations(snap, body, ctx.source, now)
+        out, results = authzen.evaluations(snap, body, ctx.source, now, decide)
     else:
         req = authzen.to_request(snap, body, ctx.source)
-        decision = snap.evaluate(req, now)
+        decision = decide(req)
         out = authzen.response(decision)
         results = [authzen.Evaluated(req, decision, out)]
     done = [(i.request, i.decision) for i in results
