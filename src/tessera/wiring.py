@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 from base64 import urlsafe_b64decode
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session

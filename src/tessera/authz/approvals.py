@@ -83,8 +83,8 @@ def gated(snap: Snapshot, req: EvalRequest, permit: Decision, group: str, refere
             permit.extra["approval"] = {"group": group, "used": True, "policies": []}
             return permit
     denied = Decision(allowed=False,
-                      reasons=["every action of this principal needs an approval "
-                               "(risk response)"],
+                      reasons=[("every action of this principal needs an approval "
+                                "(risk response)")],
                       policy_version=permit.policy_version, latency_us=permit.latency_us)
     if reference is not None:
         denied.reasons.append(f"the approval reference was refused ({code})")
