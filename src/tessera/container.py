@@ -141,7 +141,7 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
     caep = CaepService(clock, audit, tokens.issuer, keys.signer)
     monitor.event_hooks.append(caep.on_events)
     wiring.connect(authz=authz, monitor=monitor, lifecycle=lifecycle, federation=federation,
-                   identities=identities)
+                   identities=identities, webhooks=webhooks)
     return Services(settings=settings, clock=clock, engine=engine, sessions=sessions,
                     audit=audit, keys=keys, identities=identities, tokens=tokens,
                     webhooks=webhooks, access=access, approvals=approvals,

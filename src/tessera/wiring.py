@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 from base64 import urlsafe_b64decode
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from tessera.access.ports import OWNER_GROUP
+from tessera.access.webhooks import WebhookService
+from tessera.audit import events as ev
 from tessera.authz import AuthzService
 from tessera.errors import InvalidRequest
 from tessera.federation.service import FederationRejected, FederationService
@@ -70,9 +74,36 @@ class FederatedSubjects:
                             scope=" ".join(row.allowed_scopes) or None, issuer=found.issuer)
 
 
+class RiskApprovalGate:
+    """authz ← monitor: while a "require_approval" response is active for a principal, each
+    permit it would get needs its owner's approval (the `ApprovalGate` port)."""
+
+    def __init__(self, monitor: MonitorService, group: str) -> None:
+        self._monitor = monitor
+        self._group = group
+
+    def __call__(self, session: Session, principal_id: str) -> str | None:
+        return self._group if self._monitor.requires_approval(session, principal_id) else None
+
+
+def notify_owner(webhooks: WebhookService) -> Callable[[Session, str | None, dict[str, Any]],
+                                                       None]:
+    """access ← monitor: a risk response is sent to the owner's webhooks (the outbox, in the
+    response's transaction). The notice names identity, response, risk and reasons only."""
+
+    def send(session: Session, owner: str | None, notice: dict[str, Any]) -> None:
+        webhooks.enqueue(session, ev.OWNER_NOTIFIED, dict(notice), owner)
+
+    return send
+
+
 def connect(*, authz: AuthzService, monitor: MonitorService, lifecycle: TokenLifecycle,
-            federation: FederationService, identities: IdentityService) -> None:
+            federation: FederationService, identities: IdentityService,
+            webhooks: WebhookService | None = None) -> None:
     authz.set_risk_provider(MonitorRisk(monitor))
+    authz.approval_gate = RiskApprovalGate(monitor, OWNER_GROUP)
+    if webhooks is not None:
+        monitor.owner_notifiers.append(notify_owner(webhooks))
     lifecycle.subject_resolvers.append(FederatedSubjects(federation, identities,
                                                          lifecycle.tokens.issuer))
     # monitor → oauth: "suspend and revoke its tokens" revokes every live token family.
@@ -81,4 +112,5 @@ def connect(*, authz: AuthzService, monitor: MonitorService, lifecycle: TokenLif
                                                                reason="risk response"))
 
 
-__all__: list[Any] = ["FederatedSubjects", "MonitorRisk", "connect"]
+__all__: list[Any] = ["FederatedSubjects", "MonitorRisk", "RiskApprovalGate", "connect",
+                      "notify_owner"]

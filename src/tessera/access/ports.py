@@ -74,6 +74,10 @@ class ApproverSet:
         return f"{self.required} approval(s) from: " + (", ".join(parts) or "nobody")
 
 
+# The approver group naming the principal's owner (not a role): the risk response's approvals.
+OWNER_GROUP = "owner"
+
+
 class ApproverPolicy(Protocol):
     """Decides the approver set of an access request or of one action."""
 
@@ -103,7 +107,9 @@ class RoleApproverPolicy:
 
     def for_action(self, request: ActionRequest, subject: Subject | None, requested_by: str,
                    group: str | None, required: int = 1) -> ApproverSet:
-        if group:
+        if group == OWNER_GROUP and subject is not None and subject.owner_id:
+            identities, roles = frozenset({subject.owner_id}), frozenset[str]()
+        elif group and group != OWNER_GROUP:
             identities, roles = frozenset[str](), frozenset({group})
         elif subject is not None and subject.owner_id:
             identities, roles = frozenset({subject.owner_id}), frozenset[str]()

@@ -58,14 +58,55 @@ def binding(snap: Snapshot, req: EvalRequest, group: str) -> ApprovalBinding:
                            context=context, group=group)
 
 
+def _redeem(session: Session, reference: Any, bound: ApprovalBinding,
+            redeemer: ApprovalRedeemer | None, actor: str | None,
+            ctx: RequestContext | None) -> str:
+    """'' when the reference was accepted (and spent), else the refusal code."""
+    code = "approval_unavailable" if redeemer is None else "approval_invalid"
+    if isinstance(reference, str) and redeemer is not None:
+        code = redeemer(session, reference, bound, actor=actor, ctx=ctx) or ""
+    return code
+
+
+def gated(snap: Snapshot, req: EvalRequest, permit: Decision, group: str, reference: Any, *,
+          session: Session, redeemer: ApprovalRedeemer | None, actor: str | None,
+          ctx: RequestContext | None) -> Decision:
+    """A permit for a principal whose every action needs approval (a risk response): deny
+    with `approval_required`, unless an approval reference for exactly this request is
+    presented, which permits it once."""
+    bound = binding(snap, req, group)
+    if reference is not None:
+        code = _redeem(session, reference, bound, redeemer, actor, ctx)
+        if not code:
+            permit.reasons = [f"permitted once with the approval of {group}",
+                              *permit.reasons]
+            permit.extra["approval"] = {"group": group, "used": True, "policies": []}
+            return permit
+    denied = Decision(allowed=False,
+                      reasons=[("every action of this principal needs an approval "
+                                "(risk response)")],
+                      policy_version=permit.policy_version, latency_us=permit.latency_us)
+    if reference is not None:
+        denied.reasons.append(f"the approval reference was refused ({code})")
+    denied.extra["approval_required"] = {"group": group, "policies": [], "reason": "risk",
+                                         "request": bound.request()}
+    return denied
+
+
 def decide(snap: Snapshot, req: EvalRequest, now: datetime, *, session: Session,
            redeemer: ApprovalRedeemer | None, actor: str | None,
-           ctx: RequestContext | None) -> Decision:
+           ctx: RequestContext | None, required: str | None = None) -> Decision:
     """Evaluate `req`; on an approval-liftable deny, say what to ask for or redeem the
-    presented reference. The reference is removed from the context before anything sees it."""
+    presented reference. The reference is removed from the context before anything sees it.
+
+    `required` (an approver group) turns every permit into such a deny: the principal is
+    under a "require approval" risk response. Denies stay denies."""
     reference = req.context.pop(REFERENCE_KEY, None) if req.context else None
     decision = snap.evaluate(req, now)
     if decision.allowed:
+        if required is not None:
+            return gated(snap, req, decision, required, reference, session=session,
+                         redeemer=redeemer, actor=actor, ctx=ctx)
         return decision  # a reference is not spent on a request that needs none
     approval = [o for o in decision.obligations if o.get("type") == "approval"]
     waive = frozenset(str(o["policy"]) for o in approval)
@@ -82,9 +123,7 @@ def decide(snap: Snapshot, req: EvalRequest, now: datetime, *, session: Session,
                                            "request": bound.request()}
     if reference is None:
         return decision
-    code = "approval_unavailable" if redeemer is None else "approval_invalid"
-    if isinstance(reference, str) and redeemer is not None:
-        code = redeemer(session, reference, bound, actor=actor, ctx=ctx) or ""
+    code = _redeem(session, reference, bound, redeemer, actor, ctx)
     if code:
         decision.reasons.append(f"the approval reference was refused ({code})")
         return decision

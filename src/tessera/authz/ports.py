@@ -50,3 +50,10 @@ class ApprovalRedeemer(Protocol):
 
     def __call__(self, session: Session, reference: str, binding: ApprovalBinding, *,
                  actor: str | None, ctx: RequestContext | None) -> str | None: ...
+
+
+class ApprovalGate(Protocol):
+    """Whether every permit for `principal_id` must first be approved by a person: returns
+    the approver group to ask (e.g. "owner"), or None. Joins the caller's transaction."""
+
+    def __call__(self, session: Session, principal_id: str) -> str | None: ...

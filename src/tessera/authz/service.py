@@ -41,7 +41,7 @@ from tessera.authz.engine import (
 from tessera.authz.errors import PolicyError, PolicyProblem
 from tessera.authz.models import AuthzStateRow, EntityRow, PolicySetRow, PolicyVersionRow
 from tessera.authz.policies import ParsedPolicies, parse_files
-from tessera.authz.ports import ApprovalRedeemer, NoRisk, RiskProvider
+from tessera.authz.ports import ApprovalGate, ApprovalRedeemer, NoRisk, RiskProvider
 from tessera.authz.schema import declared_names, generate_schema, validate
 from tessera.clock import Clock
 from tessera.db import make_session_factory
@@ -117,6 +117,8 @@ class AuthzService:
         self._lock = threading.Lock()
         # Spends approval references (`@approval` obligations); wired in the container.
         self.approval_redeemer: ApprovalRedeemer | None = None
+        # Says when every permit of a principal needs approval (a risk response); wired too.
+        self.approval_gate: ApprovalGate | None = None
 
     # -- change tracking -------------------------------------------------------------------
 
@@ -543,8 +545,11 @@ class AuthzService:
     def decide(self, session: Session, snap: Snapshot, req: EvalRequest, now: datetime, *,
                actor: str | None, ctx: RequestContext | None) -> Decision:
         """One decision, with `@approval` obligations handled (see `tessera.authz.approvals`)."""
+        required = self.approval_gate(session, req.principal[1]) \
+            if self.approval_gate is not None else None
         return approvals.decide(snap, req, now, session=session,
-                                redeemer=self.approval_redeemer, actor=actor, ctx=ctx)
+                                redeemer=self.approval_redeemer, actor=actor, ctx=ctx,
+                                required=required)
 
     def delegation_refusal(self, actor: str, subject: str) -> Decision | None:
         """Whether policy refuses that `actor` acts for `subject` (token exchange).

@@ -29,6 +29,9 @@ CURSOR = "monitor"
 RESPONSE_KINDS = ("notify", "require_approval", "suspend")
 TokenRevoker = Callable[[Session, str], int]
 EventHook = Callable[[Session, list[dict[str, Any]]], None]
+# (session, owner id or None, notice): tells the identity's owner about a response.
+OwnerNotifier = Callable[[Session, str | None, dict[str, Any]], None]
+NOTIFYING = ("notify", "suspend")  # the responses the owner is told about
 
 
 def _dt(ts: float) -> datetime:
@@ -53,6 +56,7 @@ class MonitorService:
                 raise ValueError(f"unknown response {kind!r}")
         self.token_revokers: list[TokenRevoker] = []
         self.event_hooks: list[EventHook] = []
+        self.owner_notifiers: list[OwnerNotifier] = []
         self._lock = threading.Lock()
         self._seq = -1  # the cursor as this node last wrote it
         self._risk_cache: dict[str, tuple[float, float, float]] = {}
@@ -203,6 +207,12 @@ class MonitorService:
                           kind=kind, threshold=threshold, risk=risk, status="active",
                           data=data, undone_at=None, undone_by=None)
         session.add(row)
+        if kind in NOTIFYING:
+            owner = row_identity.owner_id if row_identity is not None else None
+            notice = {"identity": identity, "response": kind, "response_id": row.id,
+                      "risk": risk, "threshold": threshold, "reasons": reasons[:5]}
+            for notifier in self.owner_notifiers:
+                notifier(session, owner, notice)
         self._audit.record(session, ev.RESPONSE_APPLIED, actor=MONITOR_ACTOR, subject=identity,
                            action=kind, reasons=reasons[:5],
                            data={"response": row.id, "threshold": threshold, "risk": risk,
