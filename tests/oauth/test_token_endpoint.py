@@ -118,6 +118,8 @@ ATTACKS: dict[str, Callable[[Actor], str]] = {
     "rejects alg none": _alg_none,
     "rejects HS256 signed with the public key": _hs256_with_public_key,
     "rejects a key embedded in the header": _embedded_jwk,
+    "rejects a certificate chain in the header": lambda a: a.assertion(
+        _header={"x5c": ["MIIB"]}),
     "rejects wrong aud": lambda a: a.assertion(aud="https://elsewhere.example"),
     "rejects expired": lambda a: a.assertion(exp=int(time.time()) - 1,
                                              iat=int(time.time()) - 61),

@@ -8,7 +8,6 @@ mapping rule turns its claims into an active identity. No Tessera-side secret ex
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,7 +15,6 @@ from urllib.parse import urlsplit
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from joserfc.jws import extract_compact
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -32,6 +30,7 @@ from tessera.federation.models import FederatedIssuerRow
 from tessera.federation.schemas import IssuerCreate, IssuerRead, IssuerUpdate
 from tessera.identity import IdentityService
 from tessera.identity.service import new_id
+from tessera.jwt_peek import MalformedJWT, peek
 
 # Asymmetric JWS algorithms only: never `none`, never HMAC (RFC 8725 §3.1, §3.2).
 TOKEN_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
@@ -193,18 +192,10 @@ class FederationService:
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
             raise FederationRejected("token missing or too large")
         try:
-            compact = extract_compact(token.encode())
-            header = compact.protected
-            unverified = json.loads(compact.payload)
-        except (JoseError, ValueError, TypeError) as exc:
-            raise FederationRejected("malformed token") from exc
-        if not isinstance(unverified, dict):
-            raise FederationRejected("malformed token")
-        alg = header.get("alg")
-        if alg not in TOKEN_ALGS:
-            raise FederationRejected(f"algorithm {alg!r} not allowed")
-        if {"jwk", "jku", "x5u", "x5c"} & header.keys():
-            raise FederationRejected("token header names its own key")
+            header, unverified = peek(token, TOKEN_ALGS)
+        except MalformedJWT as exc:
+            raise FederationRejected(str(exc)) from exc
+        alg = header["alg"]
         iss = unverified.get("iss")
         row = session.scalars(select(FederatedIssuerRow).where(
             FederatedIssuerRow.issuer == iss, FederatedIssuerRow.enabled.is_(True))).first() \
