@@ -129,7 +129,8 @@ class KeyService:
                 self._signers = {row.kid: signer}
             self._signer = signer
             self._jwks = {"keys": [dict(r.public_jwk) for r in published]}
-            self._keyset = KeySet.import_key_set(self._jwks)  # type: ignore[arg-type]
+            self._keyset = (KeySet.import_key_set(self._jwks)  # type: ignore[arg-type]
+                            if self._jwks["keys"] else None)
             self._loaded_at = time.monotonic()
 
     def signer(self) -> Signer:
