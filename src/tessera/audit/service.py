@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, event, func, select, text
+from sqlalchemy import delete, event, func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.audit import events as ev
@@ -191,23 +191,28 @@ class AuditService:
         # INVARIANT: the head row is locked for the rest of the transaction, so appends from
         # concurrent transactions (and nodes) form one chain. SQLite gets the same effect
         # from BEGIN IMMEDIATE.
-        head = session.scalars(
-            select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update()).one()
-        first = head.seq
-        written = []
+        # Core statements, not ORM objects: this is on every token's and decision's path.
+        head_t, evt_t = AuditHeadRow.__table__, AuditEventRow.__table__
+        seq, prev = session.execute(select(head_t.c.seq, head_t.c.hash)
+                                    .where(head_t.c.id == 1).with_for_update()).one()
+        first = seq
+        written, rows = [], []
         for evt in events:
-            row = AuditEventRow(seq=head.seq + 1, prev_hash=head.hash, hash="", **evt)
-            out = row_dict(row)
-            row.hash = out["hash"] = chain_hash(head.hash, hashed_part(out))
-            session.add(row)
-            head.seq, head.hash = row.seq, row.hash
-            written.append(out)
+            seq += 1
+            out = hashed_part({**evt, "seq": seq})
+            out["ts"] = ts_text(evt["ts"])
+            digest = chain_hash(prev, out)
+            rows.append({**evt, "seq": seq, "prev_hash": prev, "hash": digest})
+            written.append({**out, "prev_hash": prev, "hash": digest})
+            prev = digest
+        session.execute(insert(evt_t), rows)
+        session.execute(update(head_t).where(head_t.c.id == 1).values(seq=seq, hash=prev))
         every = self.options.checkpoint_every
-        if self._signer is not None and every > 0 and first // every != head.seq // every:
+        if self._signer is not None and every > 0 and first // every != seq // every:
             try:
-                self._sign_checkpoint(session, head.seq, head.hash)
+                self._sign_checkpoint(session, seq, prev)
             except Exception:
-                log.warning("audit checkpoint at %s not signed", head.seq, exc_info=True)
+                log.warning("audit checkpoint at %s not signed", seq, exc_info=True)
         return written
 
     def _sign_checkpoint(self, session: Session, seq: int, hash: str) -> AuditCheckpointRow:
@@ -227,12 +232,13 @@ class AuditService:
         """Sign the current head unless it is already checkpointed (the periodic job)."""
         if self._signer is None:
             return None
-        head = session.scalars(
-            select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update()).one()
+        head_t = AuditHeadRow.__table__
+        seq, digest = session.execute(select(head_t.c.seq, head_t.c.hash)
+                                      .where(head_t.c.id == 1).with_for_update()).one()
         last = session.scalar(select(func.max(AuditCheckpointRow.seq)))
-        if head.seq == 0 or (last is not None and last >= head.seq):
+        if seq == 0 or (last is not None and last >= seq):
             return None
-        return self._sign_checkpoint(session, head.seq, head.hash)
+        return self._sign_checkpoint(session, seq, digest)
 
     # -- reading ----------------------------------------------------------------------------
 
