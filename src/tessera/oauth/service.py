@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import delete
+from sqlalchemy import bindparam, delete
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -60,13 +60,26 @@ class SqlReplayCache:
     def __init__(self, session: Session) -> None:
         self._session = session
 
+    # Built once per dialect: statement construction costs as much as the insert itself.
+    _statements: dict[str, Any] = {}
+
+    @classmethod
+    def _statement(cls, dialect: str) -> Any:
+        stmt = cls._statements.get(dialect)
+        if stmt is None:
+            insert = pg_insert if dialect == "postgresql" else sqlite_insert
+            # RETURNING, not rowcount: psycopg reports -1 for ON CONFLICT DO NOTHING.
+            stmt = insert(UsedJTIRow).values(
+                issuer=bindparam("issuer"), jti=bindparam("jti"),
+                expires_at=bindparam("expires_at", type_=UsedJTIRow.__table__.c.expires_at.type)
+            ).on_conflict_do_nothing().returning(UsedJTIRow.jti)
+            cls._statements[dialect] = stmt
+        return stmt
+
     def use_once(self, issuer: str, jti: str, expires_at: datetime) -> bool:
-        dialect = self._session.get_bind().dialect.name
-        insert = pg_insert if dialect == "postgresql" else sqlite_insert
-        stmt = insert(UsedJTIRow).values(issuer=issuer, jti=jti, expires_at=expires_at)
-        # RETURNING, not rowcount: psycopg reports -1 for ON CONFLICT DO NOTHING.
-        stmt = stmt.on_conflict_do_nothing().returning(UsedJTIRow.jti)
-        return self._session.execute(stmt).first() is not None
+        stmt = self._statement(self._session.get_bind().dialect.name)
+        params = {"issuer": issuer, "jti": jti, "expires_at": expires_at}
+        return self._session.execute(stmt, params).first() is not None
 
     @staticmethod
     def purge(session: Session, now: datetime) -> int:
