@@ -66,7 +66,7 @@ def test_sigkill_under_load_loses_no_acknowledged_event(db_url: str, tmp_path: P
         stop = threading.Event()
 
         def load() -> None:
-            with httpx.Client(timeout=10) as http:
+            with httpx.Client(timeout=30) as http:
                 while not stop.is_set():
                     form = {"grant_type": "client_credentials",
                             "client_assertion_type":
@@ -74,6 +74,8 @@ def test_sigkill_under_load_loses_no_acknowledged_event(db_url: str, tmp_path: P
                             "client_assertion": client_assertion(client_id, jwk, endpoint)}
                     try:
                         resp = http.post(endpoint, data=form)
+                    except httpx.TimeoutException:
+                        continue  # a loaded machine: slow is not gone
                     except httpx.HTTPError:
                         return  # the server is gone
                     if resp.status_code == 200:
@@ -83,7 +85,7 @@ def test_sigkill_under_load_loses_no_acknowledged_event(db_url: str, tmp_path: P
         threads = [threading.Thread(target=load) for _ in range(6)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while len(acknowledged) < 150 and time.monotonic() < deadline:
             time.sleep(0.05)
         server.send_signal(signal.SIGKILL)  # mid-load: requests are in flight
