@@ -112,5 +112,5 @@ def connect(*, authz: AuthzService, monitor: MonitorService, lifecycle: TokenLif
                                                                reason="risk response"))
 
 
-__all__: list[Any] = ["FederatedSubjects", "MonitorRisk", "RiskApprovalGate", "connect",
+__all__ = ["FederatedSubjects", "MonitorRisk", "RiskApprovalGate", "connect",
                       "notify_owner"]
