@@ -34,6 +34,7 @@ from tessera.db.meta import set_meta
 from tessera.identity import ADMIN_ROLE
 from tessera.identity.schemas import CredentialCreate, IdentityCreate
 from tessera.keys.software import SoftwareKeyProvider
+from tests.loopback import Receiver
 
 PG_URL = os.environ.get("TESSERA_TEST_POSTGRES_URL",
                         "postgresql://postgres@127.0.0.1:5432/test")
@@ -220,3 +221,11 @@ def admin_headers(app_client: TestClient, admin: Actor) -> dict[str, str]:
 
 def import_key(jwk: dict[str, Any]) -> Any:
     return JWKRegistry.import_key(jwk)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A loopback webhook receiver (see tests/loopback.py)."""
+    r = Receiver()
+    yield r
+    r.close()

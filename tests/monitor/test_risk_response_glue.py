@@ -5,9 +5,7 @@ lifts once), and "notify"/"suspend" reach the owner's webhooks."""
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,6 +15,7 @@ from tessera.access.schemas import WebhookCreate
 from tessera.access.webhooks import SIGNATURE_HEADER, verify_signature
 from tessera.audit import events as ev
 from tessera.container import Services
+from tests.loopback import Receiver
 from tessera.monitor.engine import MonitorConfig
 
 POLICY = """
@@ -134,39 +133,6 @@ def test_unflagged_agents_are_not_gated(app_client: TestClient, world: dict[str,
     other = make_identity("calm-bot", owner=world["owner"][0].id, roles=("authz-client",))
     flag(services, other.id)
     assert ask(app_client, h, agent.id)["decision"] is True
-
-
-class Receiver:
-    def __init__(self) -> None:
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.received.append((dict(self.headers), body))
-                self.send_response(204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
 
 
 def test_notify_and_suspend_reach_the_owners_webhook(
