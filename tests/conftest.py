@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from joserfc import jwt
 from joserfc.jwk import ECKey, JWKRegistry
 from sqlalchemy import Engine, create_engine, text
+from tests.loopback import Receiver
 
 from tessera.api.app import create_app
 from tessera.clock import FakeClock
@@ -34,7 +35,6 @@ from tessera.db.meta import set_meta
 from tessera.identity import ADMIN_ROLE
 from tessera.identity.schemas import CredentialCreate, IdentityCreate
 from tessera.keys.software import SoftwareKeyProvider
-from tests.loopback import Receiver
 
 PG_URL = os.environ.get("TESSERA_TEST_POSTGRES_URL",
                         "postgresql://postgres@127.0.0.1:5432/test")
@@ -215,6 +215,13 @@ def admin(make_identity: Callable[..., Actor]) -> Actor:
 @pytest.fixture
 def admin_headers(app_client: TestClient, admin: Actor) -> dict[str, str]:
     resp = app_client.post("/oauth2/token", data=admin.form())
+    assert resp.status_code == 200, resp.text
+    return {"Authorization": f"Bearer {resp.json()['access_token']}"}
+
+
+def bearer_headers(client: TestClient, actor: Actor) -> dict[str, str]:
+    """Authorization headers with a fresh access token for `actor` (client_credentials)."""
+    resp = client.post("/oauth2/token", data=actor.form())
     assert resp.status_code == 200, resp.text
     return {"Authorization": f"Bearer {resp.json()['access_token']}"}
 

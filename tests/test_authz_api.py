@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from tests.conftest import bearer_headers as token
 
 from tessera.container import Services
 
@@ -29,12 +30,6 @@ when { resource has status && resource.status == "archived" };
 @id("alice-writes")
 permit (principal == User::"alice", action == Action::"write", resource is Dataset);
 """
-
-
-def token(client: TestClient, actor: Any) -> dict[str, str]:
-    resp = client.post("/oauth2/token", data=actor.form())
-    assert resp.status_code == 200, resp.text
-    return {"Authorization": f"Bearer {resp.json()['access_token']}"}
 
 
 @pytest.fixture

@@ -8,17 +8,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from tests.conftest import bearer_headers as token
 
 from tessera.access import REF_PREFIX, ActionRequest
 from tessera.clock import FakeClock
 from tessera.container import Services
 from tessera.errors import Conflict, Refused
-
-
-def token(client: TestClient, actor: Any) -> dict[str, str]:
-    resp = client.post("/oauth2/token", data=actor.form())
-    assert resp.status_code == 200, resp.text
-    return {"Authorization": f"Bearer {resp.json()['access_token']}"}
 
 
 @pytest.fixture

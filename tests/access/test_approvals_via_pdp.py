@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from tests.conftest import bearer_headers as token
 
 from tessera.audit import events as ev
 from tessera.container import Services
@@ -37,12 +38,6 @@ type TransferContext = { amount: Long, currency?: String, hour: Long, weekday: S
 action "transfer" appliesTo { principal: [Agent, User], resource: [Account],
   context: TransferContext };
 """
-
-
-def token(client: TestClient, actor: Any) -> dict[str, str]:
-    resp = client.post("/oauth2/token", data=actor.form())
-    assert resp.status_code == 200, resp.text
-    return {"Authorization": f"Bearer {resp.json()['access_token']}"}
 
 
 @pytest.fixture

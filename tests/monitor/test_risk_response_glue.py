@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from tests.conftest import bearer_headers as token
+from tests.loopback import Receiver
 
 from tessera.access.schemas import WebhookCreate
 from tessera.access.webhooks import SIGNATURE_HEADER, verify_signature
 from tessera.audit import events as ev
 from tessera.container import Services
-from tests.loopback import Receiver
 from tessera.monitor.engine import MonitorConfig
 
 POLICY = """
@@ -32,12 +33,6 @@ type TransferContext = { amount: Long, hour: Long, weekday: String,
 action "transfer" appliesTo { principal: [Agent, User], resource: [Account],
   context: TransferContext };
 """
-
-
-def token(client: TestClient, actor: Any) -> dict[str, str]:
-    resp = client.post("/oauth2/token", data=actor.form())
-    assert resp.status_code == 200, resp.text
-    return {"Authorization": f"Bearer {resp.json()['access_token']}"}
 
 
 @pytest.fixture
