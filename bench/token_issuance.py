@@ -111,6 +111,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--agents", type=int, default=20)
+    parser.add_argument("--spy", default=None, metavar="FILE",
+                        help="record the measured run with py-spy (if installed) into FILE")
     parser.add_argument("--database-url", default=None,
                         help="PostgreSQL URL (a scratch database: tables are created in it)")
     args = parser.parse_args()
@@ -141,9 +143,19 @@ def main() -> None:
             asyncio.run(drive(url, assertions(agents, endpoint, 200), args.concurrency))  # warm
             forms = assertions(agents, endpoint, args.requests)
             pids = process_tree(server.pid)
+            spy = None
+            if args.spy:  # samples every worker's threads, natively idle frames excluded
+                spy = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid),
+                                        "--subprocesses", "--format", "raw", "-o", args.spy,
+                                        "--rate", "200", "--gil"], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+                time.sleep(1.5)
             cpu0, t0 = cpu_seconds(pids), time.perf_counter()
             latencies = asyncio.run(drive(url, forms, args.concurrency))
             elapsed, cpu = time.perf_counter() - t0, cpu_seconds(pids) - cpu0
+            if spy is not None:
+                spy.send_signal(2)
+                spy.wait(timeout=30)
         finally:
             server.terminate()
             server.wait(timeout=15)

@@ -102,7 +102,8 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
 
         audit.subscribe(OTLPStream(settings.audit.otlp_endpoint, node_id=settings.node_id))
     tokens = TokenService(issuer=settings.issuer_url, clock=clock, keys=keys,
-                          identities=identities, audit=audit, settings=settings.tokens)
+                          identities=identities, audit=audit, settings=settings.tokens,
+                          sessions=sessions)
     box = SecretBox(load_or_create_master_key(
         settings.data_dir, settings.master_key.get_secret_value() if settings.master_key
         else None))

@@ -50,6 +50,11 @@ class Forbidden(AppError):
     code = "forbidden"
 
 
+class WouldBlock(Exception):
+    """An in-memory path met something that needs the database (a cache miss, a key reload);
+    the caller redoes the work where blocking is allowed (a worker thread)."""
+
+
 class OAuthError(Exception):
     """An OAuth 2.0 error response (RFC 6749 §5.2 and the extension RFCs)."""
 

@@ -55,7 +55,7 @@ def test_no_token_leaves_when_its_event_cannot_be_committed(
     def broken(_session: Any, _events: Any) -> Any:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(committer, "_append", broken)
+    monkeypatch.setattr(committer, "_apply", broken)
     app = create_app(services=services, run_jobs=False)
     with TestClient(app, base_url="http://tessera.test",
                     raise_server_exceptions=False) as client:

@@ -13,6 +13,7 @@ import logging
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,13 +33,15 @@ from tessera.audit.chain import (
     ts_text,
     verify_chain,
 )
-from tessera.audit.groupcommit import GroupCommitter
+from tessera.audit.groupcommit import GroupCommitter, WriteUnit
 from tessera.audit.models import AuditCheckpointRow, AuditEventRow, AuditHeadRow, AuditRetentionRow
 from tessera.clock import Clock
 from tessera.errors import Conflict, ValidationFailed
 
 log = logging.getLogger("tessera.audit")
 Subscriber = Callable[[list[dict[str, Any]]], None]
+# A unit hook: (session, [(unit index, that unit's intents)]) -> {unit index: exception}.
+UnitHook = Callable[[Session, list[tuple[int, list[Any]]]], dict[int, Exception]]
 SignerFactory = Callable[[], Any]
 _INFO_KEY = "tessera_audit"
 
@@ -121,7 +124,9 @@ class AuditService:
         self.options = options or AuditOptions()
         self._signer: SignerFactory | None = None
         self._committer: GroupCommitter | None = None
+        self._sessions: sessionmaker[Session] | None = None
         self._subscribers: list[Subscriber] = []
+        self._hooks: dict[str, UnitHook] = {}
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -130,9 +135,62 @@ class AuditService:
         self._signer = signer
 
     def use_group_commit(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
         if self.options.group_commit and self._committer is None:
-            self._committer = GroupCommitter(sessions, self._append_batch,
+            self._committer = GroupCommitter(sessions, self.apply_units,
                                              after_commit=self._notify)
+
+    def register_hook(self, name: str, hook: UnitHook) -> None:
+        """Let `WriteUnit`s carry intents under `name`; hooks run in registration order, each
+        on the units no earlier hook refused, before the events are appended."""
+        self._hooks[name] = hook
+
+    def apply_units(self, session: Session, units: list[WriteUnit]
+                    ) -> list[list[dict[str, Any]] | Exception]:
+        """Write a batch of units in `session` (the caller commits): run each hook on the
+        intents of the units still standing, then append the events of those that are."""
+        refused: dict[int, Exception] = {}
+        for name, hook in self._hooks.items():
+            items = [(i, u.intents[name]) for i, u in enumerate(units)
+                     if i not in refused and u.intents.get(name)]
+            if items:
+                refused.update(hook(session, items))
+        unknown = {n for u in units for n in u.intents} - set(self._hooks)
+        if unknown:  # a programming error: nothing of the batch may be half-applied
+            raise RuntimeError(f"no unit hook registered for {sorted(unknown)}")
+        events = [e for i, u in enumerate(units) if i not in refused for e in u.events]
+        written = self._append_batch(session, events) if events else []
+        out: list[list[dict[str, Any]] | Exception] = []
+        k = 0
+        for i, u in enumerate(units):
+            if i in refused:
+                out.append(refused[i])
+            else:
+                out.append(written[k:k + len(u.events)])
+                k += len(u.events)
+        return out
+
+    def submit_unit(self, unit: WriteUnit) -> Future[list[dict[str, Any]]] | None:
+        """Hand `unit` to the group committer without waiting (None without one): for callers
+        on an event loop, which await the future."""
+        return self._committer.submit(unit) if self._committer is not None else None
+
+    def commit_unit(self, unit: WriteUnit, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Write `unit` durably, through the group committer when there is one; raises the
+        exception a hook refused it with."""
+        if self._committer is not None:
+            return self._committer.submit(unit).result(timeout)
+        if self._sessions is None:
+            raise RuntimeError("the audit service has no session factory")
+        with self._sessions() as session:
+            (result,) = self.apply_units(session, [unit])
+            if isinstance(result, Exception):
+                session.rollback()
+                raise result
+            session.commit()
+        if result:
+            self._notify(result)
+        return result
 
     def subscribe(self, fn: Subscriber) -> None:
         """Call `fn` with each batch of events after it commits (never inside a transaction)."""
@@ -160,9 +218,12 @@ class AuditService:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def _build(self, type: str, *, outcome: str, actor: str | None, subject: str | None,
-               action: str | None, resource: str | None, reasons: Iterable[str],
-               ctx: RequestContext | None, data: dict[str, Any] | None) -> dict[str, Any]:
+    def event(self, type: str, *, outcome: str = "success", actor: str | None = None,
+              subject: str | None = None, action: str | None = None,
+              resource: str | None = None, reasons: Iterable[str] = (),
+              ctx: RequestContext | None = None,
+              data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """An event as `record` writes it, for `record_built` or a `WriteUnit`."""
         ctx = ctx or RequestContext()
         return {"id": f"evt_{secrets.token_hex(10)}", "ts": self._clock.now(), "type": type,
                 "actor": actor if actor is not None else ctx.actor, "subject": subject,
@@ -176,12 +237,15 @@ class AuditService:
                resource: str | None = None, reasons: Iterable[str] = (),
                ctx: RequestContext | None = None,
                data: dict[str, Any] | None = None) -> None:
-        evt = self._build(type, outcome=outcome, actor=actor, subject=subject, action=action,
-                          resource=resource, reasons=reasons, ctx=ctx, data=data)
+        self.record_built(session, self.event(
+            type, outcome=outcome, actor=actor, subject=subject, action=action,
+            resource=resource, reasons=reasons, ctx=ctx, data=data))
+
+    def record_built(self, session: Session, evt: dict[str, Any]) -> None:
+        """`record` for an event made earlier with `event`."""
         state = session.info.setdefault(_INFO_KEY, {"service": self, "group": [],
                                                     "written": []})
-        if self._committer is not None and type.startswith(self.options.group_types):
-            # Durable when the caller's commit returns (see _after_commit below).
+        if self._committer is not None and evt["type"].startswith(self.options.group_types):
             state["group"].append(evt)
             return
         state["written"].extend(self._append_batch(session, [evt]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tessera.db.base import Base
@@ -34,6 +34,9 @@ class IdentityRow(Base):
     token_ttl: Mapped[int | None] = mapped_column(Integer, default=None)
     dpop_required: Mapped[bool] = mapped_column(Boolean, default=False)
     may_act_for: Mapped[list[str]] = mapped_column(default=list)
+    # Migration 0008: bumped by database triggers on every change but the usage stamps; the
+    # validator of per-node cached client views (tessera.oauth.deferred).
+    rev: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class CredentialRow(Base):

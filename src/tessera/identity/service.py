@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,6 +29,11 @@ from tessera.identity.schemas import (SCOPE_TOKEN, CredentialCreate, CredentialR
 ADMIN_ROLE = "admin"
 MAX_ATTRIBUTES_BYTES = 16 * 1024
 DecommissionHook = Callable[[Session, IdentityRow, str], None]
+# Usage stamps (IdentityService.touch_statements), built once: they run on every token path.
+_TOUCH_KEY = update(CredentialRow).where(CredentialRow.id == bindparam("row_id")) \
+    .values(last_used_at=bindparam("now"))
+_TOUCH_IDENTITY = update(IdentityRow).where(IdentityRow.id == bindparam("row_id")) \
+    .values(last_seen_at=bindparam("now"))
 
 
 def new_id(prefix: str, now: datetime) -> str:
@@ -43,6 +48,7 @@ class KeyView:
     jwk: dict[str, Any]
     last_used_at: datetime | None
     thumbprint: str = ""
+    expires_at: datetime | None = None
 
 
 @dataclass
@@ -61,6 +67,17 @@ class ClientView:
     dpop_required: bool = False
     may_act_for: list[str] = field(default_factory=list)
     spiffe_id: str = ""
+    status: str = "active"
+    # identities.rev when read: triggers bump it on every change (migration 0008), so a cached
+    # view is current exactly while the stored rev still equals this one.
+    rev: int = 0
+
+    def usable_at(self, now: datetime) -> bool:
+        return self.status == "active" and (self.expires_at is None or self.expires_at > now)
+
+    def keys_at(self, now: datetime) -> list[KeyView]:
+        """The active keys that have not expired at `now`."""
+        return [k for k in self.keys if k.expires_at is None or k.expires_at > now]
 
 
 @dataclass(frozen=True)
@@ -77,6 +94,9 @@ class IdentityService:
         self._audit = audit
         self.rules = rules
         self._decommission_hooks: list[DecommissionHook] = []
+
+    def now(self) -> datetime:
+        return self._clock.now()
 
     def on_decommission(self, hook: DecommissionHook) -> None:
         """Subscribe another package to decommissioning (it runs in the same transaction)."""
@@ -360,31 +380,45 @@ class IdentityService:
         return list(session.scalars(q))
 
     def client_view(self, session: Session, identity_id: str) -> ClientView | None:
-        """The identity and its usable keys in one round trip (the token endpoint's hot path)."""
+        """The identity and its active keys in one round trip (the token endpoint's hot path).
+
+        `usable` and `keys` are as of now; `usable_at`/`keys_at` re-evaluate them later (for a
+        cached view).
+        """
         now = self._clock.now()
-        i, c = IdentityRow.__table__.c, CredentialRow.__table__.c
-        rows = session.execute(
-            select(i.id, i.name, i.kind, i.status, i.expires_at, i.allowed_scopes,
-                   i.allowed_audiences, i.last_seen_at, i.token_ttl, i.dpop_required,
-                   i.may_act_for, c.id.label("cid"), c.kid, c.public_jwk, c.thumbprint,
-                   c.expires_at.label("cexp"), c.last_used_at)
-            .select_from(IdentityRow.__table__.outerjoin(
-                CredentialRow.__table__, (c.identity_id == i.id) & (c.status == "active")))
-            .where(i.id == identity_id)).all()
+        rows = session.execute(self._client_view_stmt(), {"identity_id": identity_id}).all()
         if not rows:
             return None
         first = rows[0]
-        usable = first.status == "active" and (first.expires_at is None or
-                                                first.expires_at > now)
-        keys = [KeyView(r.cid, r.kid, r.public_jwk, r.last_used_at, r.thumbprint) for r in rows
-                if r.cid is not None and (r.cexp is None or r.cexp > now)]
-        return ClientView(first.id, usable, list(first.allowed_scopes),
+        keys = [KeyView(r.cid, r.kid, r.public_jwk, r.last_used_at, r.thumbprint, r.cexp)
+                for r in rows if r.cid is not None]
+        view = ClientView(first.id, False, list(first.allowed_scopes),
                           list(first.allowed_audiences), first.expires_at, first.last_seen_at,
                           keys, kind=first.kind, token_ttl=first.token_ttl,
                           dpop_required=bool(first.dpop_required),
                           may_act_for=list(first.may_act_for or []),
                           spiffe_id=f"spiffe://{self.rules.trust_domain}/{first.kind}/"
-                                    f"{first.name}")
+                                    f"{first.name}", status=first.status, rev=first.rev)
+        view.usable = view.usable_at(now)
+        view.keys = view.keys_at(now)
+        return view
+
+    _view_stmt: Any = None
+
+    @classmethod
+    def _client_view_stmt(cls) -> Any:
+        # Built once: constructing the select costs more than running it.
+        if cls._view_stmt is None:
+            i, c = IdentityRow.__table__.c, CredentialRow.__table__.c
+            cls._view_stmt = (
+                select(i.id, i.name, i.kind, i.status, i.expires_at, i.allowed_scopes,
+                       i.allowed_audiences, i.last_seen_at, i.token_ttl, i.dpop_required,
+                       i.may_act_for, i.rev, c.id.label("cid"), c.kid, c.public_jwk,
+                       c.thumbprint, c.expires_at.label("cexp"), c.last_used_at)
+                .select_from(IdentityRow.__table__.outerjoin(
+                    CredentialRow.__table__, (c.identity_id == i.id) & (c.status == "active")))
+                .where(i.id == bindparam("identity_id")))
+        return cls._view_stmt
 
     def credential_revoked_since(self, session: Session, identity_id: str,
                                  since: datetime) -> bool:
@@ -396,11 +430,21 @@ class IdentityService:
 
     def touch(self, session: Session, client: ClientView, key: KeyView) -> None:
         """Record use; written at most once a minute per row to keep the hot path light."""
+        for stmt, params in self.touch_statements(client, key):
+            session.execute(stmt, params)
+
+    def touch_statements(self, client: ClientView, key: KeyView
+                         ) -> list[tuple[Any, dict[str, Any]]]:
+        """The usage-stamp updates due now (at most one a minute per row), as statements to run
+        in whichever transaction commits the token. The views are stamped at once, so
+        concurrent requests on a cached view do not repeat them."""
         now = self._clock.now()
         stale = timedelta(seconds=60)
+        out: list[tuple[Any, dict[str, Any]]] = []
         if key.id is not None and (key.last_used_at is None or now - key.last_used_at > stale):
-            session.execute(update(CredentialRow).where(CredentialRow.id == key.id)
-                            .values(last_used_at=now))
+            key.last_used_at = now
+            out.append((_TOUCH_KEY, {"row_id": key.id, "now": now}))
         if client.last_seen_at is None or now - client.last_seen_at > stale:
-            session.execute(update(IdentityRow).where(IdentityRow.id == client.id)
-                            .values(last_seen_at=now))
+            client.last_seen_at = now
+            out.append((_TOUCH_IDENTITY, {"row_id": client.id, "now": now}))
+        return out

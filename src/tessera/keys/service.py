@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.clock import Clock
+from tessera.errors import WouldBlock
 from tessera.keys.models import SigningKeyRow
 from tessera.keys.ports import SUPPORTED_ALGS, KeyProvider, Signer
 
@@ -133,7 +134,10 @@ class KeyService:
                             if self._jwks["keys"] else None)
             self._loaded_at = time.monotonic()
 
-    def signer(self) -> Signer:
+    def signer(self, *, io: bool = True) -> Signer:
+        """The active signer; with `io=False`, `WouldBlock` instead of a due reload."""
+        if not io and time.monotonic() - self._loaded_at >= self._refresh:
+            raise WouldBlock("signing keys are due for a reload")
         self._load()
         if self._signer is None:
             raise NoActiveKey("no active signing key; run `tessera init`")

@@ -46,7 +46,7 @@ from tessera.oauth.models import (
     RevokedTokenRow,
     TokenFamilyRow,
 )
-from tessera.oauth.ports import Client
+from tessera.oauth.ports import Client, ReplayCache
 from tessera.oauth.rfc9449_dpop import DPoPProof, DPoPVerifier, HMACNonces, InvalidDPoPProof
 from tessera.oauth.service import (
     SqlClients,
@@ -145,10 +145,11 @@ class TokenLifecycle:
 
     # -- DPoP ------------------------------------------------------------------------------
 
-    def _nonces(self, session: Session) -> HMACNonces | None:
+    def _nonces(self, get_session: Callable[[], Session]) -> HMACNonces | None:
         if not self.settings.dpop_nonce:
             return None
-        if self._nonce_secret is None:
+        if self._nonce_secret is None:  # once per process
+            session = get_session()
             stored = get_meta(session, NONCE_SECRET_META)
             if stored is None:
                 candidate = secrets.token_hex(32)
@@ -161,10 +162,11 @@ class TokenLifecycle:
             self._nonce_secret = bytes.fromhex(stored or "")
         return HMACNonces(self._nonce_secret, self.settings.dpop_nonce_ttl)
 
-    def dpop_verifier(self, session: Session) -> DPoPVerifier:
-        return DPoPVerifier(SqlReplayCache(session), algs=self.settings.dpop_algs,
+    def dpop_verifier(self, replay: ReplayCache, get_session: Callable[[], Session]
+                      ) -> DPoPVerifier:
+        return DPoPVerifier(replay, algs=self.settings.dpop_algs,
                             max_age=self.settings.dpop_max_age, leeway=self.settings.leeway,
-                            nonces=self._nonces(session))
+                            nonces=self._nonces(get_session))
 
     def _proof(self, req: TokenRequest, client: Client) -> DPoPProof | None:
         proof = req.headers.get("dpop")
@@ -172,12 +174,13 @@ class TokenLifecycle:
             if client.dpop_required:
                 raise InvalidDPoPProof("this client must use DPoP")
             return None
-        return self.dpop_verifier(req.session).verify(
+        replay = req.replay_cache(lambda _issuer: InvalidDPoPProof("proof jti replayed"))
+        return self.dpop_verifier(replay, lambda: req.session).verify(
             proof, method=req.method, urls=[req.url or self.tokens.token_endpoint,
                                             self.tokens.token_endpoint], now=req.now)
 
     def _nonce_header(self, req: TokenRequest, proof: DPoPProof | None) -> dict[str, str]:
-        nonces = self._nonces(req.session) if proof is not None else None
+        nonces = self._nonces(lambda: req.session) if proof is not None else None
         return {"DPoP-Nonce": nonces.current(req.now)} if nonces else {}
 
     # -- issuing ---------------------------------------------------------------------------
@@ -241,7 +244,7 @@ class TokenLifecycle:
         proof = self._proof(req, client)
         scope = self.tokens.grant_scope(req.form.get("scope"), client)
         audience = self.tokens.audience(req.resources, client)
-        self._identities.touch(req.session, client.handle, authn.key.handle)
+        req.write(self._identities.touch_statements(client.handle, authn.key.handle))
         family = None
         if scope and OFFLINE_ACCESS in scope.split(" "):
             family = self._new_family(req, client=client, subject=client.client_id,
@@ -466,8 +469,9 @@ class TokenLifecycle:
         # RFC 9449 §7.1 / §4.3 items 12-13: ath and the key bound in cnf.jkt.
         # htu may name the request URL or the public one (issuer + path, behind a proxy).
         urls = [url] + ([self.tokens.issuer + path] if path else [])
-        self.dpop_verifier(session).verify(proof, method=method, urls=urls, now=now,
-                                           access_token=token, jkt=jkt, status=401)
+        verifier = self.dpop_verifier(SqlReplayCache(session), lambda: session)
+        verifier.verify(proof, method=method, urls=urls, now=now, access_token=token, jkt=jkt,
+                        status=401)
         self.check_active(session, claims)
         return claims
 
@@ -475,7 +479,7 @@ class TokenLifecycle:
 
     def introspect(self, session: Session, form: dict[str, str], ctx: RequestContext,
                    **transport: Any) -> dict[str, Any]:
-        req = TokenRequest(session=session, form=form, resources=[], ctx=ctx,
+        req = TokenRequest(opened=session, form=form, resources=[], ctx=ctx,
                            now=self._clock.now(), **transport)
         # §2.1: the endpoint requires client authentication.
         caller = self.tokens.authenticate_client(req).client
@@ -518,7 +522,7 @@ class TokenLifecycle:
 
     def revoke(self, session: Session, form: dict[str, str], ctx: RequestContext,
                **transport: Any) -> None:
-        req = TokenRequest(session=session, form=form, resources=[], ctx=ctx,
+        req = TokenRequest(opened=session, form=form, resources=[], ctx=ctx,
                            now=self._clock.now(), **transport)
         # §2.1: the endpoint requires client authentication.
         caller = self.tokens.authenticate_client(req).client

@@ -32,6 +32,7 @@ class Client:
     dpop_required: bool = False
     may_act_for: list[str] = field(default_factory=list)
     spiffe_id: str | None = None
+    keys: list[ClientKey] = field(default_factory=list)  # usable when the client was read
 
 
 class ClientStore(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -9,26 +10,46 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import bindparam, delete
+from sqlalchemy import delete
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from tessera.audit import AuditService, RequestContext
 from tessera.audit import events as ev
+from tessera.audit.groupcommit import WriteUnit
 from tessera.clock import Clock
 from tessera.config import TokenSettings
-from tessera.errors import InvalidRequest, OAuthError
+from tessera.errors import InvalidRequest, OAuthError, WouldBlock
 from tessera.identity import IdentityService
+from tessera.db.engine import make_session_factory
 from tessera.identity.schemas import SCOPE_TOKEN
+from tessera.identity.service import ClientView
 from tessera.keys.service import KeyService
 from tessera.oauth import rfc9068_access_token as at
 from tessera.oauth.models import UsedJTIRow
-from tessera.oauth.ports import Client, ClientKey
+from tessera.oauth import deferred
+from tessera.oauth.deferred import HOOK_REV, HOOK_SQL, ClientCache, DeferredReplay, StaleClient
+from tessera.oauth.ports import Client, ClientKey, ClientStore, ReplayCache
 from tessera.oauth.rfc7523_client_assertion import (AssertionRejected, AuthenticatedClient,
                                                     ClientAssertionVerifier)
 
 _SCOPE_RE = re.compile(SCOPE_TOKEN)
+
+
+def client_from_view(view: ClientView, now: datetime) -> Client:
+    """The protocol's view of a registry client, usable and keys evaluated at `now`."""
+    return Client(client_id=view.id, usable=view.usable_at(now),
+                  allowed_scopes=view.allowed_scopes, allowed_audiences=view.allowed_audiences,
+                  expires_at=view.expires_at, handle=view, kind=view.kind,
+                  token_ttl=view.token_ttl, dpop_required=view.dpop_required,
+                  may_act_for=view.may_act_for, spiffe_id=view.spiffe_id,
+                  keys=[ClientKey(kid=k.kid, jwk=k.jwk, handle=k) for k in view.keys_at(now)])
+
+
+def _keys_with(client: Client, kid: str | None) -> list[ClientKey]:
+    return [k for k in client.keys if kid is None or k.kid == kid]
 
 
 class SqlClients:
@@ -40,18 +61,30 @@ class SqlClients:
 
     def find_client(self, client_id: str) -> Client | None:
         view = self._identities.client_view(self._session, client_id)
-        if view is None:
-            return None
-        return Client(client_id=view.id, usable=view.usable,
-                      allowed_scopes=view.allowed_scopes,
-                      allowed_audiences=view.allowed_audiences, expires_at=view.expires_at,
-                      handle=view, kind=view.kind, token_ttl=view.token_ttl,
-                      dpop_required=view.dpop_required, may_act_for=view.may_act_for,
-                      spiffe_id=view.spiffe_id)
+        return None if view is None else client_from_view(view, self._identities.now())
 
     def client_keys(self, client: Client, kid: str | None) -> list[ClientKey]:
-        return [ClientKey(kid=k.kid, jwk=k.jwk, handle=k) for k in client.handle.keys
-                if kid is None or k.kid == kid]
+        return _keys_with(client, kid)
+
+
+class CachedClients:
+    """ClientStore over this node's `ClientCache`; each view used is checked at commit (its
+    rev goes into the request's unit)."""
+
+    def __init__(self, cache: ClientCache, req: TokenRequest) -> None:
+        self._cache = cache
+        self._req = req
+
+    def find_client(self, client_id: str) -> Client | None:
+        view = self._cache.get(client_id, fresh=self._req.fresh, io=self._req.io)
+        if view is None:
+            return None
+        self._req.cached = True
+        self._req.unit.add(HOOK_REV, (view.id, view.rev))
+        return client_from_view(view, self._req.now)
+
+    def client_keys(self, client: Client, kid: str | None) -> list[ClientKey]:
+        return _keys_with(client, kid)
 
 
 class SqlReplayCache:
@@ -64,20 +97,20 @@ class SqlReplayCache:
     _statements: dict[str, Any] = {}
 
     @classmethod
-    def _statement(cls, dialect: str) -> Any:
+    def statement(cls, dialect: str) -> Any:
+        """INSERT .. ON CONFLICT DO NOTHING RETURNING (issuer, jti): the rows it returns are
+        the uses that won (RETURNING, not rowcount: psycopg reports -1 for DO NOTHING). Takes
+        one parameter dict or a list of them."""
         stmt = cls._statements.get(dialect)
         if stmt is None:
             insert = pg_insert if dialect == "postgresql" else sqlite_insert
-            # RETURNING, not rowcount: psycopg reports -1 for ON CONFLICT DO NOTHING.
-            stmt = insert(UsedJTIRow).values(
-                issuer=bindparam("issuer"), jti=bindparam("jti"),
-                expires_at=bindparam("expires_at", type_=UsedJTIRow.__table__.c.expires_at.type)
-            ).on_conflict_do_nothing().returning(UsedJTIRow.jti)
+            table = UsedJTIRow.__table__
+            stmt = insert(table).on_conflict_do_nothing().returning(table.c.issuer, table.c.jti)
             cls._statements[dialect] = stmt
         return stmt
 
     def use_once(self, issuer: str, jti: str, expires_at: datetime) -> bool:
-        stmt = self._statement(self._session.get_bind().dialect.name)
+        stmt = self.statement(self._session.get_bind().dialect.name)
         params = {"issuer": issuer, "jti": jti, "expires_at": expires_at}
         return self._session.execute(stmt, params).first() is not None
 
@@ -96,9 +129,15 @@ class TokenResponse:
 
 @dataclass
 class TokenRequest:
-    """One token request as the grant handlers see it (transport details included)."""
+    """One token request as the grant handlers see it (transport details included).
 
-    session: Session
+    Storage goes through the request, so that the common case needs no transaction of its own:
+    until a handler touches `session`, clients come from the node's cache and the writes
+    (replay-cache uses, usage stamps, audit events) wait in `unit` for the group commit. Once a
+    session is open (a handler needed it, or the caller passed `opened`), everything goes to it
+    directly and the unit is flushed into it before it commits.
+    """
+
     form: dict[str, str]
     resources: list[str]
     ctx: RequestContext
@@ -107,6 +146,41 @@ class TokenRequest:
     url: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     client_cert: bytes | None = None  # DER of a verified TLS client certificate, if any
+    opened: Session | None = None
+    sessions: Callable[[], Session] | None = None
+    unit: WriteUnit = field(default_factory=WriteUnit)
+    fresh: bool = False  # read clients from the database, not the node's cache
+    cached: bool = False  # a cached client view was used
+    io: bool = True  # False on the event loop: anything needing the database raises WouldBlock
+
+    @property
+    def session(self) -> Session:
+        if self.opened is None:
+            if not self.io:
+                raise WouldBlock("the request needs a database session")
+            if self.sessions is None:
+                raise RuntimeError("this token request has no session factory")
+            self.opened = self.sessions()
+        return self.opened
+
+    def replay_cache(self, replayed: Callable[[str], Exception]) -> ReplayCache:
+        """Immediate in an open session; else deferred to the commit (`replayed(issuer)` is
+        the refusal then)."""
+        if self.opened is not None:
+            return SqlReplayCache(self.opened)
+        return DeferredReplay(self.unit, replayed)
+
+    def write(self, statements: list[tuple[Any, dict[str, Any]]]) -> None:
+        if self.opened is not None:
+            for stmt, params in statements:
+                self.opened.execute(stmt, params)
+        else:
+            for statement in statements:
+                self.unit.add(HOOK_SQL, statement)
+
+    def close(self) -> None:
+        if self.opened is not None:
+            self.opened.close()
 
 
 GrantHandler = Callable[[TokenRequest], TokenResponse]
@@ -125,7 +199,7 @@ class TokenService:
 
     def __init__(self, *, issuer: str, clock: Clock, keys: KeyService,
                  identities: IdentityService, audit: AuditService,
-                 settings: TokenSettings) -> None:
+                 settings: TokenSettings, sessions: sessionmaker[Session] | None = None) -> None:
         self.issuer = issuer
         self.token_endpoint = f"{issuer}/oauth2/token"
         self._clock = clock
@@ -139,20 +213,127 @@ class TokenService:
         self.auth_methods: list[str] = ["private_key_jwt"]
         self.certificate_bound_tokens = False
         self.token_checks: list[TokenCheck] = []
+        self._sessions = sessions
+        self.clients: ClientCache | None = None
+        if sessions is not None:
+            self.clients = ClientCache(make_session_factory(sessions.kw["bind"], readonly=True),
+                                       identities)
+            deferred.install(audit)
 
-    def verifier(self, session: Session) -> ClientAssertionVerifier:
+    def verifier(self, req: TokenRequest) -> ClientAssertionVerifier:
+        clients: ClientStore = SqlClients(req.session, self._identities) \
+            if req.opened is not None or self.clients is None \
+            else CachedClients(self.clients, req)
+        replay = req.replay_cache(lambda issuer: AssertionRejected("jti replayed", issuer))
         return ClientAssertionVerifier(
-            SqlClients(session, self._identities), SqlReplayCache(session),
-            audiences={self.issuer, self.token_endpoint},
+            clients, replay, audiences={self.issuer, self.token_endpoint},
             max_age=self._settings.assertion_max_age, leeway=self._settings.leeway)
+
+    async def handle_async(self, form: dict[str, str], resources: list[str],
+                           ctx: RequestContext, **transport: Any) -> TokenResponse:
+        """`handle` for an event loop. The common request (client cached, nothing but the
+        unit to write) is served on the loop: no thread hop, and it awaits the group commit
+        instead of blocking a thread on it. Anything else (a cache miss, a grant that needs a
+        session, a refusal, a stale view) is redone by `handle` in a worker thread, which
+        costs a second verification but only off the common path."""
+        req = TokenRequest(form=form, resources=resources, ctx=ctx, now=self._clock.now(),
+                           io=False, **transport)
+        try:
+            response = self._dispatch(req)
+        except WouldBlock:
+            return await run_in_threadpool(self.handle, form, resources, ctx, **transport)
+        except OAuthError:  # refusals are rare: let `handle` re-check against the database
+            return await run_in_threadpool(self.handle, form, resources, ctx, fresh_first=True,
+                                           **transport)
+        future = self._audit.submit_unit(req.unit)
+        if future is None:
+            return await run_in_threadpool(self.handle, form, resources, ctx, **transport)
+        try:
+            await asyncio.wrap_future(future)
+        except StaleClient as stale:
+            if self.clients is not None:
+                self.clients.evict(stale.client_id)
+            return await run_in_threadpool(self.handle, form, resources, ctx, **transport)
+        except OAuthError as failure:  # a replayed jti, found at commit
+            await run_in_threadpool(self.refuse, failure, form, ctx)
+            raise
+        return response
+
+    def handle(self, form: dict[str, str], resources: list[str], ctx: RequestContext,
+               *, fresh_first: bool = False, **transport: Any) -> TokenResponse:
+        """Serve one token request end to end: committed and audited when it returns; a
+        refusal is audited and raised as its `OAuthError`."""
+        if self._sessions is None:
+            raise RuntimeError("TokenService.handle needs a session factory")
+        for attempt in range(3):
+            req = TokenRequest(form=form, resources=resources, ctx=ctx, now=self._clock.now(),
+                               sessions=self._sessions, fresh=fresh_first or attempt > 0,
+                               **transport)
+            try:
+                try:
+                    response = self._dispatch(req)
+                except OAuthError:
+                    if req.cached and not req.fresh:
+                        continue  # the refusal may rest on a stale cached view: ask the database
+                    raise
+                self._commit(req)
+                return response
+            except StaleClient as stale:
+                if self.clients is not None:
+                    self.clients.evict(stale.client_id)
+            except OAuthError as err:
+                failure = err
+                break
+            finally:
+                req.close()
+        else:
+            failure = OAuthError("temporarily_unavailable",
+                                 "the client changed during the request; try again", status=503)
+        self.refuse(failure, form, ctx)
+        raise failure
+
+    def _commit(self, req: TokenRequest) -> None:
+        if req.opened is None:
+            self._audit.commit_unit(req.unit)
+            return
+        self.flush(req)
+        req.opened.commit()
+
+    def flush(self, req: TokenRequest) -> None:
+        """Apply what waits in the request's unit to its open session (the caller commits)."""
+        session = req.session
+        pending = WriteUnit(intents=req.unit.intents)
+        (result,) = self._audit.apply_units(session, [pending])
+        if isinstance(result, Exception):
+            raise result
+        for evt in req.unit.events:
+            self._audit.record_built(session, evt)
+        req.unit = WriteUnit()
+
+    def refuse(self, failure: OAuthError, form: dict[str, str], ctx: RequestContext) -> None:
+        """Audit a refusal in its own transaction; run its follow-up (e.g. a family
+        revocation)."""
+        assert self._sessions is not None
+        with self._sessions() as session:
+            on_refused = getattr(failure, "on_refused", None)
+            if on_refused is not None:
+                on_refused(session, ctx)
+            self.record_refusal(session, failure, form, ctx)
+            session.commit()
 
     def token(self, session: Session, form: dict[str, str], resources: list[str],
               ctx: RequestContext, **transport: Any) -> TokenResponse:
-        grant_type = form.get("grant_type")
+        """Serve a token request inside the caller's transaction (the caller commits)."""
+        req = TokenRequest(form=form, resources=resources, ctx=ctx, now=self._clock.now(),
+                           opened=session, **transport)
+        response = self._dispatch(req)
+        self.flush(req)
+        return response
+
+    def _dispatch(self, req: TokenRequest) -> TokenResponse:
+        grant_type = req.form.get("grant_type")
         if not grant_type:
             raise InvalidRequest("grant_type is required")
-        req = TokenRequest(session=session, form=form, resources=resources, ctx=ctx,
-                           now=self._clock.now(), **transport)
         handler = self.grants.get(grant_type)
         if handler is None:
             # Authenticate first so an unauthenticated caller learns nothing more.
@@ -171,7 +352,7 @@ class TokenService:
     def _private_key_jwt(self, req: TokenRequest) -> AuthenticatedClient | None:
         if "client_assertion" not in req.form and "client_assertion_type" not in req.form:
             return None
-        return self.verifier(req.session).authenticate(req.form, req.now)
+        return self.verifier(req).authenticate(req.form, req.now)
 
     def _client_credentials(self, req: TokenRequest) -> TokenResponse:
         """RFC 6749 §4.4."""
@@ -179,7 +360,7 @@ class TokenService:
         client = authn.client
         scope = self.grant_scope(req.form.get("scope"), client)
         audience = self.audience(req.resources, client)
-        self._identities.touch(req.session, client.handle, authn.key.handle)
+        req.write(self._identities.touch_statements(client.handle, authn.key.handle))
         return self.issue(req, subject=client.client_id, client=client, scope=scope,
                           audience=audience, action="client_credentials",
                           data={"method": authn.method, "kid": authn.key.kid})
@@ -207,14 +388,18 @@ class TokenService:
             from tessera.oauth.rfc8705_mtls import confirmation
             extra_claims = dict(extra_claims or {})
             extra_claims["cnf"] = {**extra_claims.get("cnf", {}), **confirmation(req.client_cert)}
-        issued = at.issue(self._keys.signer(), issuer=self.issuer, subject=subject,
+        issued = at.issue(self._keys.signer(io=req.io), issuer=self.issuer, subject=subject,
                           client_id=client.client_id, audience=audience, scope=scope,
                           now=req.now, ttl=ttl, extra=extra_claims)
-        self._audit.record(req.session, ev.TOKEN_ISSUED, actor=client.client_id,
-                           subject=subject, action=action,
-                           resource=audience if isinstance(audience, str) else " ".join(audience),
-                           ctx=req.ctx, data={"jti": issued.jti, "scope": scope or "",
-                                              "exp": issued.claims["exp"], **(data or {})})
+        evt = self._audit.event(
+            ev.TOKEN_ISSUED, actor=client.client_id, subject=subject, action=action,
+            resource=audience if isinstance(audience, str) else " ".join(audience), ctx=req.ctx,
+            data={"jti": issued.jti, "scope": scope or "", "exp": issued.claims["exp"],
+                  **(data or {})})
+        if req.opened is not None:
+            self._audit.record_built(req.opened, evt)
+        else:
+            req.unit.events.append(evt)
         body: dict[str, Any] = {"access_token": issued.token, "token_type": token_type,
                                 "expires_in": ttl}
         if scope:

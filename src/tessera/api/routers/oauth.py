@@ -9,6 +9,8 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from tessera.api.deps import ServicesDep, get_services, request_context
 from tessera.api.errors import NO_STORE, oauth_error_response
@@ -44,32 +46,6 @@ def parse_form(request: Request, body: bytes) -> tuple[dict[str, str], list[str]
     return form, resources
 
 
-def _refused(services: Services, failure: OAuthError, form: dict[str, str],
-             ctx: RequestContext) -> None:
-    """Audit a refusal in its own transaction; run its follow-up (e.g. a family revocation)."""
-    with services.sessions() as session:
-        on_refused = getattr(failure, "on_refused", None)
-        if on_refused is not None:
-            on_refused(session, ctx)
-        services.tokens.record_refusal(session, failure, form, ctx)
-        session.commit()
-
-
-def _issue(services: Services, form: dict[str, str], resources: list[str],
-           ctx: RequestContext, transport: dict[str, Any]) -> tuple[dict[str, Any],
-                                                                    dict[str, str]]:
-    with services.sessions() as session:
-        try:
-            result = services.tokens.token(session, form, resources, ctx, **transport)
-            session.commit()
-            return result.body, result.headers
-        except OAuthError as err:
-            session.rollback()
-            failure = err
-    _refused(services, failure, form, ctx)
-    raise failure
-
-
 def _transport(request: Request) -> dict[str, Any]:
     headers = {k.lower(): v for k, v in request.headers.items()}
     dpop = request.headers.getlist("dpop")
@@ -80,17 +56,27 @@ def _transport(request: Request) -> dict[str, Any]:
             "client_cert": client_cert_der(request.scope)}
 
 
-@router.post("/oauth2/token")
-async def token(request: Request) -> JSONResponse:
-    services = get_services(request)
-    ctx = request_context(request)
-    try:
-        form, resources = parse_form(request, await request.body())
-        body, headers = await run_in_threadpool(_issue, services, form, resources, ctx,
-                                                _transport(request))
-    except OAuthError as err:
-        return oauth_error_response(err)
-    return JSONResponse(body, headers={**NO_STORE, **headers})
+class TokenEndpoint:
+    """POST /oauth2/token as a bare ASGI endpoint: the busiest route skips FastAPI's
+    per-request dependency solving and thread hop (the app's middleware still applies), and
+    serves the common request on the event loop (`TokenService.handle_async`)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        services = get_services(request)
+        ctx = request_context(request)
+        try:
+            form, resources = parse_form(request, await request.body())
+            result = await services.tokens.handle_async(form, resources, ctx,
+                                                        **_transport(request))
+            response = JSONResponse(result.body, headers={**NO_STORE, **result.headers})
+        except OAuthError as err:
+            response = oauth_error_response(err)
+        await response(scope, receive, send)
+
+
+router.routes.append(Route("/oauth2/token", TokenEndpoint(), methods=["POST"],
+                           include_in_schema=False))
 
 
 def _introspect(services: Services, form: dict[str, str], ctx: RequestContext,
@@ -103,7 +89,7 @@ def _introspect(services: Services, form: dict[str, str], ctx: RequestContext,
         except OAuthError as err:
             session.rollback()
             failure = err
-    _refused(services, failure, form, ctx)
+    services.tokens.refuse(failure, form, ctx)
     raise failure
 
 
@@ -117,7 +103,7 @@ def _revoke(services: Services, form: dict[str, str], ctx: RequestContext,
         except OAuthError as err:
             session.rollback()
             failure = err
-    _refused(services, failure, form, ctx)
+    services.tokens.refuse(failure, form, ctx)
     raise failure
 
 

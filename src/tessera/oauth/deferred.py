@@ -1,0 +1,169 @@
+"""The token endpoint's fast path: cached client views and writes deferred to the group commit.
+
+A `client_credentials` request with `private_key_jwt` needs to read the client (identity, keys)
+and to write three things: the assertion's `jti` into the replay cache, the usage stamps, and
+the audit event. Done in a transaction of its own, that is four or five statements and a commit
+per token, and statement execution is most of a token's cost. Here instead:
+
+- the client view comes from a per-node `ClientCache`, validated rather than trusted: the
+  request records the `rev` it used (`identities.rev`, bumped by database triggers on every
+  change, migration 0008) and the committing transaction checks it, so a suspended identity or
+  a revoked key is refused at once, on every node, exactly as without the cache;
+- the replay-cache insert, the rev check and the usage stamps travel as intents in the
+  request's `WriteUnit` with its audit event; the audit group committer applies the units of
+  many requests in one transaction (hooks below), refusing each unit whose jti was already used
+  or whose rev moved, and the response leaves only once its unit is durable.
+
+Nothing here weakens a check: a unit refused for a stale view is retried from the database,
+and a replayed jti is refused whether the two requests met in one batch or in two.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from tessera.audit import AuditService
+from tessera.audit.groupcommit import WriteUnit
+from tessera.errors import WouldBlock
+from tessera.identity import IdentityService
+from tessera.identity.models import IdentityRow
+from tessera.identity.service import ClientView
+
+HOOK_REV = "identity.rev"  # intents: (identity id, rev the request relied on)
+HOOK_REPLAY = "oauth.replay"  # intents: (issuer, jti, expires_at, exception if replayed)
+HOOK_SQL = "sql"  # intents: (statement, params), e.g. the usage stamps
+
+
+class StaleClient(Exception):
+    """The cached view of `client_id` changed before the request committed: retry it."""
+
+    def __init__(self, client_id: str) -> None:
+        super().__init__(f"client {client_id} changed while the request ran")
+        self.client_id = client_id
+
+
+class ClientCache:
+    """Client views by id, on this node. Loaded on a miss from a read-only session; entries are
+    never trusted on their own (see the module docstring), so there is no time to live."""
+
+    def __init__(self, sessions: sessionmaker[Session], identities: IdentityService, *,
+                 max_entries: int = 100_000) -> None:
+        self._sessions = sessions
+        self._identities = identities
+        self._max = max_entries
+        self._views: dict[str, ClientView] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.loads = 0
+
+    def get(self, client_id: str, *, fresh: bool = False, io: bool = True
+            ) -> ClientView | None:
+        """The cached view, else one read now; with `io=False`, `WouldBlock` on a miss."""
+        if not fresh:
+            view = self._views.get(client_id)
+            if view is not None:
+                self.hits += 1
+                return view
+        if not io:
+            raise WouldBlock(f"client {client_id} is not cached")
+        with self._sessions() as session:
+            view = self._identities.client_view(session, client_id)
+        self.loads += 1
+        with self._lock:
+            if view is None:  # not cached: a client registered later must be found at once
+                self._views.pop(client_id, None)
+                return None
+            if len(self._views) >= self._max and client_id not in self._views:
+                self._views.pop(next(iter(self._views)))  # the oldest insertion
+            self._views[client_id] = view
+        return view
+
+    def evict(self, client_id: str) -> None:
+        with self._lock:
+            self._views.pop(client_id, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._views.clear()
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+
+class DeferredReplay:
+    """A `ReplayCache` that records the use in the unit; the committer's hook decides."""
+
+    def __init__(self, unit: WriteUnit, replayed: Callable[[str], Exception]) -> None:
+        self._unit = unit
+        self._replayed = replayed
+
+    def use_once(self, issuer: str, jti: str, expires_at: datetime) -> bool:
+        self._unit.add(HOOK_REPLAY, (issuer, jti, expires_at, self._replayed(issuer)))
+        return True
+
+
+# -- the committer's hooks (one transaction, a batch of units) ------------------------------
+
+_REVS = select(IdentityRow.__table__.c.id, IdentityRow.__table__.c.rev).where(
+    IdentityRow.__table__.c.id.in_(bindparam("ids", expanding=True)))
+
+
+def check_revs(session: Session, items: list[tuple[int, list[Any]]]) -> dict[int, Exception]:
+    """Refuse every unit that relied on a client view whose rev has moved since."""
+    ids = sorted({identity for _, intents in items for identity, _ in intents})
+    current = {row[0]: row[1] for row in session.execute(_REVS, {"ids": ids})}
+    refused: dict[int, Exception] = {}
+    for index, intents in items:
+        for identity, rev in intents:
+            if current.get(identity) != rev:
+                refused[index] = StaleClient(identity)
+                break
+    return refused
+
+
+def use_jtis(session: Session, items: list[tuple[int, list[Any]]]) -> dict[int, Exception]:
+    """Insert every jti of the batch in one statement; a unit loses when any of its jtis was
+    already stored or was claimed by an earlier unit of the same batch."""
+    from tessera.oauth.service import SqlReplayCache
+
+    refused: dict[int, Exception] = {}
+    owner: dict[tuple[str, str], tuple[int, Exception]] = {}
+    rows = []
+    for index, intents in items:
+        for issuer, jti, expires_at, replayed in intents:
+            if (issuer, jti) in owner:
+                refused.setdefault(index, replayed)
+                continue
+            owner[(issuer, jti)] = (index, replayed)
+            rows.append({"issuer": issuer, "jti": jti, "expires_at": expires_at})
+    stmt = SqlReplayCache.statement(session.get_bind().dialect.name)
+    inserted = {(r[0], r[1]) for r in session.execute(stmt, rows)} if rows else set()
+    for key, (index, replayed) in owner.items():
+        if key not in inserted:
+            refused.setdefault(index, replayed)
+    return refused
+
+
+def run_statements(session: Session, items: list[tuple[int, list[Any]]]
+                   ) -> dict[int, Exception]:
+    for _, statements in items:
+        for stmt, params in statements:
+            session.execute(stmt, params)
+    return {}
+
+
+def install(audit: AuditService) -> None:
+    """Register the hooks, in the order they must run: checks before writes."""
+    audit.register_hook(HOOK_REV, check_revs)
+    audit.register_hook(HOOK_REPLAY, use_jtis)
+    audit.register_hook(HOOK_SQL, run_statements)
+
+
+__all__ = ["ClientCache", "DeferredReplay", "HOOK_REPLAY", "HOOK_REV", "HOOK_SQL",
+           "StaleClient", "install"]
