@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     url: str | None = None  # where CLI commands find the server
     node_id: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
     max_body_bytes: int = 64 * 1024
+    # FastAPI's OpenTelemetry spans/metrics/logs per HTTP request (needs an OTel SDK set up).
+    # Off by default: even unconfigured, FastAPI checks for a provider on every request.
+    http_telemetry: bool = False
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     access: AccessSettings = Field(default_factory=AccessSettings)

@@ -275,3 +275,26 @@ def test_without_group_commit_the_unit_commits_directly(
             assert len(direct.audit.events(s, type="oauth.token.refused")) == 1
     finally:
         direct.close()
+
+
+def test_event_loop_futures_settle_per_batch_and_survive_cancellation(
+        services: Services) -> None:
+    """Units submitted from a coroutine resolve on their loop; a request that went away
+    (cancelled future) does not break the batch for the others."""
+    import asyncio
+
+    async def run() -> tuple[list[Any], bool]:
+        first = services.audit.submit_unit(WriteUnit(events=[
+            services.audit.event("oauth.token.issued", actor="a")]))
+        second = services.audit.submit_unit(WriteUnit(events=[
+            services.audit.event("oauth.token.issued", actor="b")]))
+        assert first is not None and second is not None
+        first.cancel()
+        written = await asyncio.wait_for(second, timeout=30)
+        return written, first.cancelled()
+
+    written, cancelled = asyncio.run(run())
+    assert cancelled and written[0]["actor"] == "b"
+    with services.sessions() as s:
+        assert {e.actor for e in services.audit.events(s, type="oauth.token.issued")} == \
+            {"a", "b"}

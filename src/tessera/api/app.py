@@ -106,8 +106,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     if services is None:
         services = build(settings or Settings())
+    telemetry = services.settings.http_telemetry
     app = FastAPI(title="Tessera", version=__version__, lifespan=lifespan,
-                  description="Identity and access control plane for AI systems.")
+                  description="Identity and access control plane for AI systems.",
+                  telemetry={"tracing": telemetry, "metrics": telemetry, "logs": telemetry})
     app.state.services = services
     errors.install(app)
     app.include_router(oauth.router)

@@ -11,6 +11,7 @@ many requests.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -37,6 +38,34 @@ class WriteUnit:
 # Applies a batch in one transaction; per unit, its written events or the exception refusing it.
 ApplyUnits = Callable[[Session, list[WriteUnit]], list["list[dict[str, Any]] | Exception"]]
 Result = list[dict[str, Any]]
+Waiter = Future[Result] | asyncio.Future[Result]
+
+
+def _settle(outcomes: list[tuple[Waiter, Result | BaseException]]) -> None:
+    """Resolve thread futures directly, and each event loop's futures in one callback."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any]]] = {}
+    for fut, outcome in outcomes:
+        if isinstance(fut, asyncio.Future):
+            by_loop.setdefault(fut.get_loop(), []).append((fut, outcome))
+        elif isinstance(outcome, BaseException):
+            fut.set_exception(outcome)
+        else:
+            fut.set_result(outcome)
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_on_loop, items)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            log.warning("audit commit outcome for a closed event loop dropped")
+
+
+def _settle_on_loop(items: list[tuple[asyncio.Future[Result], Any]]) -> None:
+    for fut, outcome in items:
+        if fut.done():  # the awaiting request was cancelled (client went away)
+            continue
+        if isinstance(outcome, BaseException):
+            fut.set_exception(outcome)
+        else:
+            fut.set_result(outcome)
 
 
 class GroupCommitter:
@@ -50,7 +79,7 @@ class GroupCommitter:
         self._max_batch = max_batch
         self._after_commit = after_commit
         self._cond = threading.Condition()
-        self._queue: list[tuple[WriteUnit, Future[Result]]] = []
+        self._queue: list[tuple[WriteUnit, Waiter]] = []
         self._stopped = False
         self._thread: threading.Thread | None = None
         self.batches = 0
@@ -58,6 +87,17 @@ class GroupCommitter:
 
     def submit(self, unit: WriteUnit) -> Future[Result]:
         fut: Future[Result] = Future()
+        self._enqueue(unit, fut)
+        return fut
+
+    def submit_async(self, unit: WriteUnit) -> asyncio.Future[Result]:
+        """`submit` from a coroutine: the future belongs to the running loop, and the committer
+        settles all of a batch's futures of one loop with a single wake-up of that loop."""
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._enqueue(unit, fut)
+        return fut
+
+    def _enqueue(self, unit: WriteUnit, fut: Waiter) -> None:
         with self._cond:
             if self._stopped:
                 raise RuntimeError("the audit committer is stopped")
@@ -67,14 +107,13 @@ class GroupCommitter:
                 self._thread.start()
             self._queue.append((unit, fut))
             self._cond.notify()
-        return fut
 
     def append_now(self, events: list[dict[str, Any]], timeout: float = 60.0
                    ) -> list[dict[str, Any]]:
         """Submit and wait until the events are committed; raises if the commit failed."""
         return self.submit(WriteUnit(events)).result(timeout)
 
-    def _take(self) -> list[tuple[WriteUnit, Future[Result]]]:
+    def _take(self) -> list[tuple[WriteUnit, Waiter]]:
         with self._cond:
             while not self._queue and not self._stopped:
                 self._cond.wait()
@@ -97,17 +136,12 @@ class GroupCommitter:
                     session.commit()
             except Exception as exc:
                 log.exception("audit group commit failed")
-                for _, fut in batch:
-                    fut.set_exception(exc)
+                _settle([(fut, exc) for _, fut in batch])
                 continue
             self.batches += 1
-            written: list[dict[str, Any]] = []
-            for (_, fut), result in zip(batch, results):
-                if isinstance(result, Exception):
-                    fut.set_exception(result)
-                else:
-                    written.extend(result)
-                    fut.set_result(result)
+            written = [e for result in results if not isinstance(result, Exception)
+                       for e in result]
+            _settle([(fut, result) for (_, fut), result in zip(batch, results)])
             self.events += len(written)
             if self._after_commit and written:
                 try:

@@ -13,12 +13,12 @@ import logging
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, event, func, insert, select, text, update
+from sqlalchemy import bindparam, delete, event, func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.audit import events as ev
@@ -70,6 +70,15 @@ def scrub(value: Any, key: str | None = None) -> Any:
     if isinstance(value, (list, tuple)):
         return [scrub(v) for v in value]
     return value
+
+
+# The chain append's statements, built once (construction and cache-key generation cost as
+# much as running them on SQLite).
+_HEAD = AuditHeadRow.__table__
+_LOCK_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
+_INSERT_EVENTS = insert(AuditEventRow.__table__)
+_MOVE_HEAD = update(_HEAD).where(_HEAD.c.id == 1).values(seq=bindparam("new_seq"),
+                                                         hash=bindparam("new_hash"))
 
 
 @dataclass
@@ -170,10 +179,10 @@ class AuditService:
                 k += len(u.events)
         return out
 
-    def submit_unit(self, unit: WriteUnit) -> Future[list[dict[str, Any]]] | None:
-        """Hand `unit` to the group committer without waiting (None without one): for callers
-        on an event loop, which await the future."""
-        return self._committer.submit(unit) if self._committer is not None else None
+    def submit_unit(self, unit: WriteUnit) -> asyncio.Future[list[dict[str, Any]]] | None:
+        """Hand `unit` to the group committer from a coroutine (None without a committer);
+        await the future: it resolves once the unit is durable, or with the refusal."""
+        return self._committer.submit_async(unit) if self._committer is not None else None
 
     def commit_unit(self, unit: WriteUnit, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Write `unit` durably, through the group committer when there is one; raises the
@@ -256,9 +265,7 @@ class AuditService:
         # concurrent transactions (and nodes) form one chain. SQLite gets the same effect
         # from BEGIN IMMEDIATE.
         # Core statements, not ORM objects: this is on every token's and decision's path.
-        head_t, evt_t = AuditHeadRow.__table__, AuditEventRow.__table__
-        seq, prev = session.execute(select(head_t.c.seq, head_t.c.hash)
-                                    .where(head_t.c.id == 1).with_for_update()).one()
+        seq, prev = session.execute(_LOCK_HEAD).one()
         first = seq
         written, rows = [], []
         for evt in events:
@@ -269,8 +276,8 @@ class AuditService:
             rows.append({**evt, "seq": seq, "prev_hash": prev, "hash": digest})
             written.append({**out, "prev_hash": prev, "hash": digest})
             prev = digest
-        session.execute(insert(evt_t), rows)
-        session.execute(update(head_t).where(head_t.c.id == 1).values(seq=seq, hash=prev))
+        session.execute(_INSERT_EVENTS, rows)
+        session.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
         every = self.options.checkpoint_every
         if self._signer is not None and every > 0 and first // every != seq // every:
             try:

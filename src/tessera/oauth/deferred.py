@@ -20,19 +20,20 @@ and a replayed jti is refused whether the two requests met in one batch or in tw
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import String, bindparam, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.audit import AuditService
 from tessera.audit.groupcommit import WriteUnit
 from tessera.errors import WouldBlock
 from tessera.identity import IdentityService
-from tessera.identity.models import IdentityRow
 from tessera.identity.service import ClientView
 
 HOOK_REV = "identity.rev"  # intents: (identity id, rev the request relied on)
@@ -110,14 +111,22 @@ class DeferredReplay:
 
 # -- the committer's hooks (one transaction, a batch of units) ------------------------------
 
-_REVS = select(IdentityRow.__table__.c.id, IdentityRow.__table__.c.rev).where(
-    IdentityRow.__table__.c.id.in_(bindparam("ids", expanding=True)))
+# One statement text per dialect for any number of ids (an expanding IN would be compiled
+# anew for every batch size): a bound array on PostgreSQL, a JSON array on SQLite.
+_REVS = {
+    "postgresql": text("SELECT id, rev FROM identities WHERE id = ANY(:ids)").bindparams(
+        bindparam("ids", type_=postgresql.ARRAY(String()))),
+    "sqlite": text("SELECT id, rev FROM identities WHERE id IN "
+                   "(SELECT value FROM json_each(:ids))"),
+}
 
 
 def check_revs(session: Session, items: list[tuple[int, list[Any]]]) -> dict[int, Exception]:
     """Refuse every unit that relied on a client view whose rev has moved since."""
     ids = sorted({identity for _, intents in items for identity, _ in intents})
-    current = {row[0]: row[1] for row in session.execute(_REVS, {"ids": ids})}
+    dialect = session.get_bind().dialect.name
+    param = ids if dialect == "postgresql" else json.dumps(ids)
+    current = {row[0]: row[1] for row in session.execute(_REVS[dialect], {"ids": param})}
     refused: dict[int, Exception] = {}
     for index, intents in items:
         for identity, rev in intents:

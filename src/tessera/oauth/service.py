@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -249,7 +248,7 @@ class TokenService:
         if future is None:
             return await run_in_threadpool(self.handle, form, resources, ctx, **transport)
         try:
-            await asyncio.wrap_future(future)
+            await future
         except StaleClient as stale:
             if self.clients is not None:
                 self.clients.evict(stale.client_id)
