@@ -118,6 +118,14 @@ class MonitorSettings(BaseModel):
         "notify": 40, "require_approval": 60, "suspend": 85})
 
 
+class AuthzSettings(BaseModel):
+    # Per-node memory of fully checked PDP callers (bearer tokens) and of the principals under
+    # a "require_approval" risk response. A change made through this node takes effect at
+    # once; one made through another node within this many seconds. 0 turns a cache off.
+    caller_cache_seconds: float = Field(1.0, ge=0, le=60)
+    risk_gate_cache_seconds: float = Field(1.0, ge=0, le=60)
+
+
 class Settings(BaseSettings):
     """Everything Tessera reads from its environment."""
 
@@ -145,6 +153,7 @@ class Settings(BaseSettings):
     keys: KeySettings = Field(default_factory=KeySettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    authz: AuthzSettings = Field(default_factory=AuthzSettings)
 
     @field_validator("data_dir")
     @classmethod

@@ -10,15 +10,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from tessera.access import AccessService, ApprovalService, RoleApproverPolicy, WebhookService
 from tessera.audit import AuditOptions, AuditService
 from tessera.authz import AuthzService
+from tessera.authz.callers import CallerCache
 from tessera.ca import CAService
 from tessera.clock import Clock, SystemClock
 from tessera import wiring
 from tessera.config import Settings
 from tessera.db import make_engine, make_session_factory
+from tessera.db.invalidation import on_commit_touching
 from tessera.db.meta import get_meta
 from tessera.federation import FederationService
 from tessera.identity import IdentityRules, IdentityService
-from tessera.identity.models import IdentityRow
+from tessera.identity.models import CredentialRow, IdentityRow
 from tessera.keys.ports import KeyProvider
 from tessera.keys.rotation import KeyRotation, RotationPolicy
 from tessera.keys.service import KeyService
@@ -27,6 +29,7 @@ from tessera.monitor.engine import MonitorConfig
 from tessera.monitor.service import MonitorService
 from tessera.keys.software import SoftwareKeyProvider, load_or_create_master_key
 from tessera.oauth.lifecycle import TokenLifecycle
+from tessera.oauth.models import RevokedTokenRow
 from tessera.oauth.ports import Client
 from tessera.oauth.service import TokenService
 from tessera.sealing import SecretBox
@@ -56,6 +59,7 @@ class Services:
     key_rotation: KeyRotation
     monitor: MonitorService | None = None
     caep: CaepService | None = None
+    callers: CallerCache | None = None
 
     def close(self) -> None:
         self.audit.close()
@@ -142,13 +146,19 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
     caep = CaepService(clock, audit, tokens.issuer, keys.signer)
     monitor.event_hooks.append(caep.on_events)
     wiring.connect(authz=authz, monitor=monitor, lifecycle=lifecycle, federation=federation,
-                   identities=identities, webhooks=webhooks)
+                   identities=identities, webhooks=webhooks, sessions=sessions, clock=clock,
+                   gate_cache_seconds=settings.authz.risk_gate_cache_seconds)
+    callers = CallerCache(clock, settings.authz.caller_cache_seconds)
+    if callers.enabled:
+        # Revoked tokens, identity status and credential revocation: what check_active reads.
+        on_commit_touching(sessions, [RevokedTokenRow, IdentityRow, CredentialRow],
+                           callers.clear)
     return Services(settings=settings, clock=clock, engine=engine, sessions=sessions,
                     audit=audit, keys=keys, identities=identities, tokens=tokens,
                     webhooks=webhooks, access=access, approvals=approvals,
                     secrets=secrets_service, authz=authz, ca=ca,
                     federation=federation, monitor=monitor, caep=caep,
-                    lifecycle=lifecycle, key_rotation=key_rotation)
+                    lifecycle=lifecycle, key_rotation=key_rotation, callers=callers)
 
 
 def connect_policy(authz: AuthzService, approvals: ApprovalService,

@@ -7,20 +7,24 @@ joins, so a reader can find every cross-package hook in one place.
 from __future__ import annotations
 
 import json
+import threading
 from base64 import urlsafe_b64decode
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.access.ports import OWNER_GROUP
 from tessera.access.webhooks import WebhookService
 from tessera.audit import events as ev
 from tessera.authz import AuthzService
+from tessera.clock import Clock
+from tessera.db.invalidation import on_commit_touching
 from tessera.errors import InvalidRequest
 from tessera.federation.service import FederationRejected, FederationService
 from tessera.identity import IdentityService
+from tessera.monitor.models import ResponseRow
 from tessera.monitor.service import MonitorService
 from tessera.oauth.lifecycle import SubjectToken, TokenLifecycle
 
@@ -76,14 +80,55 @@ class FederatedSubjects:
 
 class RiskApprovalGate:
     """authz ← monitor: while a "require_approval" response is active for a principal, each
-    permit it would get needs its owner's approval (the `ApprovalGate` port)."""
+    permit it would get needs its owner's approval (the `ApprovalGate` port).
 
-    def __init__(self, monitor: MonitorService, group: str) -> None:
+    With `ttl` > 0 the gate answers from a per-node set of the flagged principals, read at
+    most every `ttl` seconds (and at once after this node commits a change to a response), so
+    a decision reads nothing from the database; a response made through another node takes
+    effect here within `ttl` seconds. With `ttl` = 0 every call reads the caller's session."""
+
+    def __init__(self, monitor: MonitorService, group: str, *, clock: Clock | None = None,
+                 ttl: float = 0.0) -> None:
         self._monitor = monitor
         self._group = group
+        self._clock = clock
+        self.ttl = ttl if clock is not None else 0.0
+        self._flagged: frozenset[str] = frozenset()
+        self._fresh_until = float("-inf")
+        self._generation = 0
+        self._lock = threading.Lock()
 
-    def __call__(self, session: Session, principal_id: str) -> str | None:
-        return self._group if self._monitor.requires_approval(session, principal_id) else None
+    def invalidate(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._fresh_until = float("-inf")
+
+    def needs_io(self) -> bool:
+        """Whether the next call reads the database (no cache, or the cache is stale)."""
+        return self.ttl <= 0 or self._clock is None or \
+            self._clock.now().timestamp() >= self._fresh_until
+
+    def refresh(self) -> None:
+        if self.ttl <= 0 or self._clock is None:
+            return
+        generation = self._generation
+        started = self._clock.now().timestamp()
+        flagged = frozenset(self._monitor.approval_required_ids())
+        with self._lock:
+            if generation == self._generation:  # no change committed meanwhile
+                self._flagged, self._fresh_until = flagged, started + self.ttl
+
+    def __call__(self, session: Session | None, principal_id: str) -> str | None:
+        if self.ttl > 0:
+            if self.needs_io():
+                self.refresh()
+            if not self.needs_io():
+                return self._group if principal_id in self._flagged else None
+        if session is None:
+            flagged = self._monitor.requires_approval_now(principal_id)
+        else:
+            flagged = self._monitor.requires_approval(session, principal_id)
+        return self._group if flagged else None
 
 
 def notify_owner(webhooks: WebhookService) -> Callable[[Session, str | None, dict[str, Any]],
@@ -99,9 +144,15 @@ def notify_owner(webhooks: WebhookService) -> Callable[[Session, str | None, dic
 
 def connect(*, authz: AuthzService, monitor: MonitorService, lifecycle: TokenLifecycle,
             federation: FederationService, identities: IdentityService,
-            webhooks: WebhookService | None = None) -> None:
+            webhooks: WebhookService | None = None,
+            sessions: sessionmaker[Session] | None = None, clock: Clock | None = None,
+            gate_cache_seconds: float = 0.0) -> None:
     authz.set_risk_provider(MonitorRisk(monitor))
-    authz.approval_gate = RiskApprovalGate(monitor, OWNER_GROUP)
+    gate = RiskApprovalGate(monitor, OWNER_GROUP, clock=clock,
+                            ttl=gate_cache_seconds if sessions is not None else 0.0)
+    if sessions is not None and gate.ttl > 0:
+        on_commit_touching(sessions, [ResponseRow], gate.invalidate)
+    authz.approval_gate = gate
     if webhooks is not None:
         monitor.owner_notifiers.append(notify_owner(webhooks))
     lifecycle.subject_resolvers.append(FederatedSubjects(federation, identities,

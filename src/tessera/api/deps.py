@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from tessera.api.tls import certificate_binding_holds
 from tessera.audit import RequestContext
@@ -61,13 +62,39 @@ def _authenticate(request: Request, session: Session) -> dict[str, Any]:
         raise Unauthenticated("the access token is invalid or expired") from exc
 
 
-def authenticated_subject(request: Request, session: Session) -> str:
-    """The `sub` of a valid Tessera access token (Bearer or DPoP-bound, maybe mTLS-bound)."""
-    claims = _authenticate(request, session)
+def _cacheable_bearer(request: Request) -> str | None:
+    """The bearer token of this request if the caller cache may hold it (never DPoP)."""
+    callers = get_services(request).callers
+    if callers is None or not callers.enabled:
+        return None
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _bound_subject(request: Request, claims: dict[str, Any]) -> str:
     if not certificate_binding_holds(request.scope, claims):  # RFC 8705 §3
         raise Unauthenticated("the token is bound to a certificate this connection did "
                               "not present")
     return str(claims["sub"])
+
+
+def authenticated_subject(request: Request, session: Session, *,
+                          cached: bool = False) -> str:
+    """The `sub` of a valid Tessera access token (Bearer or DPoP-bound, maybe mTLS-bound).
+
+    `cached`: a bearer token fully checked moments ago is taken from the caller cache
+    (`tessera.authz.callers`, bounded staleness), and a full check fills it."""
+    token = _cacheable_bearer(request) if cached else None
+    callers = get_services(request).callers
+    if token is None or callers is None:
+        return _bound_subject(request, _authenticate(request, session))
+    claims = callers.get(token)
+    if claims is None:
+        generation = callers.generation
+        claims = _authenticate(request, session)
+        callers.put(token, claims, generation)
+    return _bound_subject(request, claims)
 
 
 def authorize_call(request: Request, session: Session, subject: str, *,
@@ -108,9 +135,33 @@ def admin_subject(request: Request, session: Annotated[Session, Depends(get_sess
 def pdp_caller(request: Request, session: Annotated[Session, Depends(get_session)]) -> str:
     """A PDP caller: a valid token whose subject the policies allow to ask (no DB read; an
     inactive or unknown subject is denied by the decision itself)."""
-    subject = authenticated_subject(request, session)
+    subject = authenticated_subject(request, session, cached=True)
     authorize_call(request, session, subject, log_allowed=False)
     return subject
+
+
+def _pdp_caller_in_session(request: Request) -> str:
+    with get_services(request).sessions() as session:
+        return pdp_caller(request, session)
+
+
+async def pdp_caller_async(request: Request) -> str:
+    """`pdp_caller` for async routes: from memory on the event loop when the token is in the
+    caller cache, the snapshots are fresh and the policies allow the caller; otherwise (a
+    first sight of the token, a check due, a denial to log) on a worker thread."""
+    services = get_services(request)
+    token = _cacheable_bearer(request)
+    claims = services.callers.get(token) if token and services.callers else None
+    if claims is not None and not services.authz.refresh_due():
+        subject = _bound_subject(request, claims)
+        route = request.scope.get("route")
+        _req, decision = services.authz.authorize_management(
+            subject, request.method, getattr(route, "path", request.url.path), None,
+            request.client.host if request.client else None,
+            snapshot=services.authz.current(ADMIN_SET))
+        if decision.allowed:
+            return subject
+    return await run_in_threadpool(_pdp_caller_in_session, request)
 
 
 DbSession = Annotated[Session, Depends(get_session)]

@@ -58,10 +58,12 @@ def binding(snap: Snapshot, req: EvalRequest, group: str) -> ApprovalBinding:
                            context=context, group=group)
 
 
-def _redeem(session: Session, reference: Any, bound: ApprovalBinding,
+def _redeem(session: Session | None, reference: Any, bound: ApprovalBinding,
             redeemer: ApprovalRedeemer | None, actor: str | None,
             ctx: RequestContext | None) -> str:
     """'' when the reference was accepted (and spent), else the refusal code."""
+    if session is None:  # answering from memory: nothing can be spent
+        return "approval_unavailable"
     code = "approval_unavailable" if redeemer is None else "approval_invalid"
     if isinstance(reference, str) and redeemer is not None:
         code = redeemer(session, reference, bound, actor=actor, ctx=ctx) or ""
@@ -69,7 +71,7 @@ def _redeem(session: Session, reference: Any, bound: ApprovalBinding,
 
 
 def gated(snap: Snapshot, req: EvalRequest, permit: Decision, group: str, reference: Any, *,
-          session: Session, redeemer: ApprovalRedeemer | None, actor: str | None,
+          session: Session | None, redeemer: ApprovalRedeemer | None, actor: str | None,
           ctx: RequestContext | None) -> Decision:
     """A permit for a principal whose every action needs approval (a risk response): deny
     with `approval_required`, unless an approval reference for exactly this request is
@@ -93,7 +95,7 @@ def gated(snap: Snapshot, req: EvalRequest, permit: Decision, group: str, refere
     return denied
 
 
-def decide(snap: Snapshot, req: EvalRequest, now: datetime, *, session: Session,
+def decide(snap: Snapshot, req: EvalRequest, now: datetime, *, session: Session | None,
            redeemer: ApprovalRedeemer | None, actor: str | None,
            ctx: RequestContext | None, required: str | None = None) -> Decision:
     """Evaluate `req`; on an approval-liftable deny, say what to ask for or redeem the

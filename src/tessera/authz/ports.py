@@ -54,6 +54,10 @@ class ApprovalRedeemer(Protocol):
 
 class ApprovalGate(Protocol):
     """Whether every permit for `principal_id` must first be approved by a person: returns
-    the approver group to ask (e.g. "owner"), or None. Joins the caller's transaction."""
+    the approver group to ask (e.g. "owner"), or None. Joins the caller's transaction; with
+    no session (a decision answered from memory) it reads on its own.
 
-    def __call__(self, session: Session, principal_id: str) -> str | None: ...
+    A gate may also offer `needs_io() -> bool` and `refresh()` (a per-node cache): the
+    decision point then answers from memory whenever `needs_io()` is False."""
+
+    def __call__(self, session: Session | None, principal_id: str) -> str | None: ...

@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources as pkg_resources
@@ -157,6 +158,34 @@ class AuthzService:
     def db_version(session: Session) -> int:
         return int(session.scalar(select(AuthzStateRow.version).where(AuthzStateRow.id == 1))
                    or 0)
+
+    def refresh_due(self) -> bool:
+        """Whether answering now would read the database: a snapshot version check (or
+        rebuild) is due, or the approval gate has to read. An event loop asks this to run
+        `refresh()` on a worker thread first, and to decide from memory otherwise."""
+        snap = self._snapshots.get(DEFAULT_SET)
+        if snap is None or self._dirty or time.monotonic() - self._checked >= self._interval:
+            return True
+        valid_until = snap.source.valid_until
+        if valid_until is not None and valid_until <= self._clock.now().timestamp():
+            return True
+        gate = self.approval_gate
+        if gate is not None:
+            needs_io = getattr(gate, "needs_io", None)
+            return True if needs_io is None else bool(needs_io())
+        return False
+
+    def refresh(self) -> None:
+        """Do the reads `refresh_due()` announced (blocking: call it off the event loop)."""
+        self.snapshot()
+        refresh = getattr(self.approval_gate, "refresh", None)
+        if refresh is not None and getattr(self.approval_gate, "needs_io", lambda: False)():
+            refresh()
+
+    def current(self, name: str = DEFAULT_SET) -> Snapshot:
+        """The snapshot in memory, without any check (after `refresh_due()` said False)."""
+        snap = self._snapshots.get(name)
+        return snap if snap is not None else self.snapshot(name)
 
     def snapshot(self, name: str = DEFAULT_SET) -> Snapshot:
         """The current snapshot; checks the database version at most once a second."""
@@ -492,10 +521,9 @@ class AuthzService:
     def evaluate(self, req: EvalRequest, *, policy_set: str = DEFAULT_SET) -> Decision:
         return self.snapshot(policy_set).evaluate(req, self._clock.now())
 
-    def record_decision(self, session: Session, req: EvalRequest, decision: Decision, *,
-                        actor: str | None, ctx: RequestContext | None,
-                        policy_set: str = DEFAULT_SET) -> None:
-        """The decision log: one audit event per decision, in the caller's transaction."""
+    @staticmethod
+    def _decision_fields(req: EvalRequest, decision: Decision, *, actor: str | None,
+                         policy_set: str) -> dict[str, Any]:
         request: dict[str, Any] = {
             "subject": {"type": req.principal[0], "id": req.principal[1]},
             "action": req.action[1], "resource": {"type": req.resource[0],
@@ -513,38 +541,72 @@ class AuthzService:
             request["subject"] = {"type": req.principal[0], "id": req.principal[1]}
             request["resource"] = {"type": req.resource[0], "id": req.resource[1]}
             request["truncated"] = True
-        self._audit.record(
-            session, ev.AUTHZ_DECISION, outcome="success" if decision.allowed else "failure",
-            actor=actor, subject=req.principal[1], action=req.action[1],
-            resource=f"{req.resource[0]}::{req.resource[1]}"[:400], ctx=ctx,
-            reasons=decision.reasons,
-            data={"policy_set": policy_set, "request": request, "decision": decision.allowed,
-                  "policies": decision.policies, "obligations": decision.obligations,
-                  "errors": decision.errors, "policy_version": decision.policy_version,
-                  "latency_us": round(decision.latency_us, 1)})
+        return {
+            "outcome": "success" if decision.allowed else "failure",
+            "actor": actor, "subject": req.principal[1], "action": req.action[1],
+            "resource": f"{req.resource[0]}::{req.resource[1]}"[:400],
+            "reasons": decision.reasons,
+            "data": {"policy_set": policy_set, "request": request,
+                     "decision": decision.allowed, "policies": decision.policies,
+                     "obligations": decision.obligations, "errors": decision.errors,
+                     "policy_version": decision.policy_version,
+                     "latency_us": round(decision.latency_us, 1)}}
 
-    def record_batch(self, session: Session, items: list[tuple[EvalRequest, Decision]], *,
-                     actor: str | None, ctx: RequestContext | None) -> None:
-        """A boxcarred request's decisions: one audit event listing each decision in order."""
+    def _batch_fields(self, items: list[tuple[EvalRequest, Decision]], *,
+                      actor: str | None) -> dict[str, Any]:
         if len(items) == 1:
-            self.record_decision(session, items[0][0], items[0][1], actor=actor, ctx=ctx)
-            return
+            return self._decision_fields(items[0][0], items[0][1], actor=actor,
+                                         policy_set=DEFAULT_SET)
         decisions = [{"subject": f"{r.principal[0]}::{r.principal[1]}", "action": r.action[1],
                       "resource": f"{r.resource[0]}::{r.resource[1]}", "decision": d.allowed,
                       "policies": d.policies, "obligations": d.obligations,
                       "reasons": d.reasons, "latency_us": round(d.latency_us, 1)}
                      for r, d in items]
         allowed = sum(1 for _r, d in items if d.allowed)
-        self._audit.record(
-            session, ev.AUTHZ_DECISION, outcome="success" if allowed == len(items) else "failure",
-            actor=actor, action="evaluations", ctx=ctx,
-            reasons=[f"{allowed} of {len(items)} permitted"],
-            data={"policy_set": DEFAULT_SET, "decisions": decisions,
-                  "policy_version": items[0][1].policy_version if items else None})
+        return {
+            "outcome": "success" if allowed == len(items) else "failure",
+            "actor": actor, "subject": None, "action": "evaluations", "resource": None,
+            "reasons": [f"{allowed} of {len(items)} permitted"],
+            "data": {"policy_set": DEFAULT_SET, "decisions": decisions,
+                     "policy_version": items[0][1].policy_version if items else None}}
 
-    def decide(self, session: Session, snap: Snapshot, req: EvalRequest, now: datetime, *,
-               actor: str | None, ctx: RequestContext | None) -> Decision:
-        """One decision, with `@approval` obligations handled (see `tessera.authz.approvals`)."""
+    def record_decision(self, session: Session, req: EvalRequest, decision: Decision, *,
+                        actor: str | None, ctx: RequestContext | None,
+                        policy_set: str = DEFAULT_SET) -> None:
+        """The decision log: one audit event per decision, in the caller's transaction."""
+        self._audit.record(session, ev.AUTHZ_DECISION, ctx=ctx, **self._decision_fields(
+            req, decision, actor=actor, policy_set=policy_set))
+
+    def record_batch(self, session: Session, items: list[tuple[EvalRequest, Decision]], *,
+                     actor: str | None, ctx: RequestContext | None) -> None:
+        """A boxcarred request's decisions: one audit event listing each decision in order."""
+        self._audit.record(session, ev.AUTHZ_DECISION, ctx=ctx,
+                           **self._batch_fields(items, actor=actor))
+
+    def can_submit_decisions(self) -> bool:
+        """Whether decision events go to the group committer (no transaction of our own)."""
+        return self._audit.committer is not None and \
+            ev.AUTHZ_DECISION.startswith(self._audit.options.group_types)
+
+    def submit_batch(self, items: list[tuple[EvalRequest, Decision]], *, actor: str | None,
+                     ctx: RequestContext | None) -> Future[list[dict[str, Any]]]:
+        """`record_batch` without a session: the same event, handed straight to the group
+        committer. The future resolves once the event is committed (await it before
+        answering: no response leaves before its event is durable)."""
+        committer = self._audit.committer
+        if committer is None or not self.can_submit_decisions():
+            raise RuntimeError("decision events do not take the group-commit path")
+        # AuditService has no public "build an event" call yet; _build is what record() uses.
+        evt = self._audit._build(ev.AUTHZ_DECISION, ctx=ctx,
+                                 **self._batch_fields(items, actor=actor))
+        return committer.submit([evt])
+
+    def decide(self, session: Session | None, snap: Snapshot, req: EvalRequest,
+               now: datetime, *, actor: str | None, ctx: RequestContext | None) -> Decision:
+        """One decision, with `@approval` obligations handled (see `tessera.authz.approvals`).
+
+        Without a session (decisions answered from memory) no approval reference may be
+        presented: the caller takes the session path for those."""
         required = self.approval_gate(session, req.principal[1]) \
             if self.approval_gate is not None else None
         return approvals.decide(snap, req, now, session=session,
@@ -571,10 +633,10 @@ class AuthzService:
         return decision if forbidden or snap.names_action(req.action) else None
 
     def authorize_management(self, subject: str, method: str, route: str,
-                             target: str | None, source: str | None) -> tuple[EvalRequest,
-                                                                              Decision]:
+                             target: str | None, source: str | None, *,
+                             snapshot: Snapshot | None = None) -> tuple[EvalRequest, Decision]:
         """Ask the `admin` policy set whether `subject` may call this management route."""
-        snap = self.snapshot(ADMIN_SET)
+        snap = snapshot if snapshot is not None else self.snapshot(ADMIN_SET)
         rec = snap.identity(subject)
         principal = rec.uid if rec else ("User", subject)
         resource: tuple[str, str] = API_RESOURCE

@@ -85,6 +85,12 @@ class MonitorService:
         with self._readonly() as session:
             return self.requires_approval(session, identity_id)
 
+    def approval_required_ids(self) -> set[str]:
+        """Every identity under an active "require_approval" response (its own read)."""
+        with self._readonly() as session:
+            return set(session.scalars(select(ResponseRow.identity_id).where(
+                ResponseRow.kind == "require_approval", ResponseRow.status == "active")))
+
     def requires_approval(self, session: Session, identity_id: str) -> bool:
         return session.scalars(select(ResponseRow.id).where(
             ResponseRow.identity_id == identity_id, ResponseRow.kind == "require_approval",

@@ -6,15 +6,19 @@ Thin: read the body, authenticate and authorize the caller (a Tessera access tok
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
-from tessera.api.deps import DbSession, PDPCaller, ServicesDep, request_context
+from tessera.api.deps import DbSession, PDPCaller, ServicesDep, pdp_caller_async, request_context
 from tessera.api.errors import problem
+from tessera.audit import RequestContext
 from tessera.audit import events as ev
 from tessera.authz import authzen
+from tessera.authz.approvals import REFERENCE_KEY
 from tessera.authz.engine import Decision, EvalRequest
 from tessera.authz.errors import AuthZENError
 
@@ -28,6 +32,7 @@ async def raw_body(request: Request) -> bytes:
 
 
 RawBody = Annotated[bytes, Depends(raw_body)]
+REFERENCE_BYTES = REFERENCE_KEY.encode()
 
 
 def install(app: FastAPI) -> None:
@@ -52,11 +57,13 @@ def configuration(services: ServicesDep) -> dict[str, Any]:
             "search_action_endpoint": f"{base}{SEARCH_PATHS['action']}"}
 
 
-def _evaluate(request: Request, raw: bytes, caller: str, session: Any, services: Any,
-              batch: bool) -> dict[str, Any]:
+def _decide(request: Request, raw: bytes, caller: str, session: Any, services: Any,
+            batch: bool) -> tuple[dict[str, Any], list[tuple[EvalRequest, Decision]],
+                                  RequestContext]:
+    """Parse, evaluate (in memory, apart from an approval reference spent in `session`)."""
     body = authzen.parse_body(raw, request.headers.get("content-type"))
     ctx = request_context(request, caller)
-    snap = services.authz.snapshot()
+    snap = services.authz.snapshot() if session is not None else services.authz.current()
     now = services.clock.now()
 
     def decide(req: EvalRequest) -> Decision:
@@ -71,24 +78,53 @@ def _evaluate(request: Request, raw: bytes, caller: str, session: Any, services:
         results = [authzen.Evaluated(req, decision, out)]
     done = [(i.request, i.decision) for i in results
             if i.request is not None and i.decision is not None]
-    if done:
-        services.authz.record_batch(session, done, actor=caller, ctx=ctx)
-    session.commit()
+    return out, done, ctx
+
+
+def _evaluate(request: Request, raw: bytes, caller: str, services: Any,
+              batch: bool) -> dict[str, Any]:
+    """The session path (a worker thread): the decision log joins a transaction."""
+    with services.sessions() as session:
+        out, done, ctx = _decide(request, raw, caller, session, services, batch)
+        if done:
+            services.authz.record_batch(session, done, actor=caller, ctx=ctx)
+        session.commit()  # returns once the decision events are durable
     return out
 
 
+async def _evaluate_async(request: Request, batch: bool) -> JSONResponse:
+    """No thread hop and no database read when nothing needs one: the caller comes from the
+    caller cache, the snapshots and the approval gate answer from memory, and the decision
+    event goes straight to the audit group committer, awaited until it is durable.
+
+    Otherwise — a check due, group commit off, or an approval reference to spend (its
+    redemption writes in the request's transaction) — the session path runs on a worker
+    thread, as before. A reference hidden from the byte check (e.g. a \\u-escaped key) is
+    never spent on the memory path: it is refused (`approval_unavailable`), never honoured."""
+    services = request.app.state.services
+    raw = await request.body()
+    caller = await pdp_caller_async(request)
+    authz = services.authz
+    if authz.can_submit_decisions() and REFERENCE_BYTES not in raw and \
+            not authz.refresh_due():
+        out, done, ctx = _decide(request, raw, caller, None, services, batch)
+        if done:
+            await asyncio.wrap_future(authz.submit_batch(done, actor=caller, ctx=ctx))
+        return JSONResponse(out)
+    return JSONResponse(await run_in_threadpool(_evaluate, request, raw, caller, services,
+                                                batch))
+
+
 @router.post("/access/v1/evaluation")
-def evaluation(request: Request, raw: RawBody, caller: PDPCaller, session: DbSession,
-               services: ServicesDep) -> dict[str, Any]:
+async def evaluation(request: Request) -> JSONResponse:
     """Access Evaluation API (§6)."""
-    return _evaluate(request, raw, caller, session, services, batch=False)
+    return await _evaluate_async(request, batch=False)
 
 
 @router.post("/access/v1/evaluations")
-def evaluations(request: Request, raw: RawBody, caller: PDPCaller, session: DbSession,
-                services: ServicesDep) -> dict[str, Any]:
+async def evaluations(request: Request) -> JSONResponse:
     """Access Evaluations API (§7): boxcarred requests with defaults and semantics."""
-    return _evaluate(request, raw, caller, session, services, batch=True)
+    return await _evaluate_async(request, batch=True)
 
 
 def _search_route(kind: str) -> None:
