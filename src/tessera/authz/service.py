@@ -6,6 +6,7 @@ Services never commit; the caller owns the transaction.
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import hashlib
 import json
@@ -13,7 +14,6 @@ import re
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources as pkg_resources
@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.audit import AuditService, RequestContext
 from tessera.audit import events as ev
+from tessera.audit.groupcommit import WriteUnit
 from tessera.authz import approvals
 from tessera.authz.engine import (
     ACTION_TYPE,
@@ -589,17 +590,18 @@ class AuthzService:
             ev.AUTHZ_DECISION.startswith(self._audit.options.group_types)
 
     def submit_batch(self, items: list[tuple[EvalRequest, Decision]], *, actor: str | None,
-                     ctx: RequestContext | None) -> Future[list[dict[str, Any]]]:
-        """`record_batch` without a session: the same event, handed straight to the group
-        committer. The future resolves once the event is committed (await it before
-        answering: no response leaves before its event is durable)."""
-        committer = self._audit.committer
-        if committer is None or not self.can_submit_decisions():
+                     ctx: RequestContext | None) -> asyncio.Future[list[dict[str, Any]]]:
+        """`record_batch` without a session, from a coroutine: the same event, handed straight
+        to the group committer. The future resolves once the event is committed (await it
+        before answering: no response leaves before its event is durable)."""
+        if not self.can_submit_decisions():
             raise RuntimeError("decision events do not take the group-commit path")
-        # AuditService has no public "build an event" call yet; _build is what record() uses.
-        evt = self._audit._build(ev.AUTHZ_DECISION, ctx=ctx,
-                                 **self._batch_fields(items, actor=actor))
-        return committer.submit([evt])
+        evt = self._audit.event(ev.AUTHZ_DECISION, ctx=ctx,
+                                **self._batch_fields(items, actor=actor))
+        future = self._audit.submit_unit(WriteUnit(events=[evt]))
+        if future is None:
+            raise RuntimeError("the audit committer is closed")
+        return future
 
     def decide(self, session: Session | None, snap: Snapshot, req: EvalRequest,
                now: datetime, *, actor: str | None, ctx: RequestContext | None) -> Decision:

@@ -6,7 +6,6 @@ Thin: read the body, authenticate and authorize the caller (a Tessera access tok
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -109,7 +108,7 @@ async def _evaluate_async(request: Request, batch: bool) -> JSONResponse:
             not authz.refresh_due():
         out, done, ctx = _decide(request, raw, caller, None, services, batch)
         if done:
-            await asyncio.wrap_future(authz.submit_batch(done, actor=caller, ctx=ctx))
+            await authz.submit_batch(done, actor=caller, ctx=ctx)
         return JSONResponse(out)
     return JSONResponse(await run_in_threadpool(_evaluate, request, raw, caller, services,
                                                 batch))
