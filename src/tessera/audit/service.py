@@ -265,7 +265,8 @@ class AuditService:
         # concurrent transactions (and nodes) form one chain. SQLite gets the same effect
         # from BEGIN IMMEDIATE.
         # Core statements, not ORM objects: this is on every token's and decision's path.
-        seq, prev = session.execute(_LOCK_HEAD).one()
+        conn = session.connection()  # Core on the connection: the ORM layer adds nothing here
+        seq, prev = conn.execute(_LOCK_HEAD).one()
         first = seq
         written, rows = [], []
         for evt in events:
@@ -276,8 +277,8 @@ class AuditService:
             rows.append({**evt, "seq": seq, "prev_hash": prev, "hash": digest})
             written.append({**out, "prev_hash": prev, "hash": digest})
             prev = digest
-        session.execute(_INSERT_EVENTS, rows)
-        session.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
+        conn.execute(_INSERT_EVENTS, rows)
+        conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
         every = self.options.checkpoint_every
         if self._signer is not None and every > 0 and first // every != seq // every:
             try:

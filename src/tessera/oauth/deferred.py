@@ -126,7 +126,7 @@ def check_revs(session: Session, items: list[tuple[int, list[Any]]]) -> dict[int
     ids = sorted({identity for _, intents in items for identity, _ in intents})
     dialect = session.get_bind().dialect.name
     param = ids if dialect == "postgresql" else json.dumps(ids)
-    current = {row[0]: row[1] for row in session.execute(_REVS[dialect], {"ids": param})}
+    current = {row[0]: row[1] for row in session.connection().execute(_REVS[dialect], {"ids": param})}
     refused: dict[int, Exception] = {}
     for index, intents in items:
         for identity, rev in intents:
@@ -152,7 +152,8 @@ def use_jtis(session: Session, items: list[tuple[int, list[Any]]]) -> dict[int, 
             owner[(issuer, jti)] = (index, replayed)
             rows.append({"issuer": issuer, "jti": jti, "expires_at": expires_at})
     stmt = SqlReplayCache.statement(session.get_bind().dialect.name)
-    inserted = {(r[0], r[1]) for r in session.execute(stmt, rows)} if rows else set()
+    inserted = {(r[0], r[1]) for r in session.connection().execute(stmt, rows)} \
+        if rows else set()
     for key, (index, replayed) in owner.items():
         if key not in inserted:
             refused.setdefault(index, replayed)
