@@ -4,7 +4,9 @@ Starts `tessera serve --workers W` on a fresh data directory (SQLite by default,
 with --database-url), registers agents, pre-signs their client assertions (client cost is not
 the server's), then drives the token endpoint with concurrent HTTP requests. Prints tokens/s,
 p50/p99 latency, server CPU per issued token (from /proc, all worker processes), and beside them
-the raw cost of one ES256 sign (Tessera's signer) plus one verify (joserfc), measured here.
+the raw cost of one ES256 sign (Tessera's signer) plus one verify (joserfc), and the CPU per
+request of a bare ASGI app (bench/_bare_token_app.py) under the same uvicorn workers, driven with
+the same requests: their sum is the floor a Python server on this machine can reach.
 
     .venv/bin/python bench/token_issuance.py [--requests 4000] [--workers 2] [--concurrency 16]
 """
@@ -105,6 +107,39 @@ async def drive(url: str, forms: list[dict[str, str]], concurrency: int) -> list
     return latencies
 
 
+def wait_healthy(url: str, path: str = "/healthz", method: str = "GET") -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.request(method, f"{url}{path}", timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+        if time.monotonic() > deadline:
+            raise SystemExit("server did not start")
+
+
+def bare_asgi_cost(workers: int, forms: list[dict[str, str]], concurrency: int) -> float:
+    """CPU seconds per request of the bare ASGI app, same uvicorn options and driver."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(__file__).resolve().parent),
+         "_bare_token_app:app", "--port", str(port), "--workers", str(workers),
+         "--log-level", "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(url, "/oauth2/token", "POST")
+        asyncio.run(drive(url, forms[:200], concurrency))  # warm
+        pids = process_tree(server.pid)
+        cpu0 = cpu_seconds(pids)
+        asyncio.run(drive(url, forms, concurrency))
+        return (cpu_seconds(pids) - cpu0) / len(forms)
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=4000)
@@ -130,15 +165,7 @@ def main() -> None:
                                    "--workers", str(args.workers), "--log-level", "warning"],
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
-                if time.monotonic() > deadline:
-                    raise SystemExit("server did not start")
+            wait_healthy(url)
             endpoint = f"{url}/oauth2/token"
             asyncio.run(drive(url, assertions(agents, endpoint, 200), args.concurrency))  # warm
             forms = assertions(agents, endpoint, args.requests)
@@ -159,6 +186,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=15)
+    bare = bare_asgi_cost(args.workers, forms, args.concurrency)
 
     n = len(latencies)
     db = "PostgreSQL" if args.database_url else "SQLite"
@@ -170,7 +198,11 @@ def main() -> None:
     print(f"  server CPU / token  {cpu / n * 1e6:10.0f} us")
     print(f"  raw sign + verify   {(sign + verify) * 1e6:10.0f} us  (sign {sign * 1e6:.0f}, "
           f"verify {verify * 1e6:.0f})")
+    print(f"  bare ASGI endpoint  {bare * 1e6:10.0f} us CPU / request (same uvicorn, driver)")
+    floor = bare + sign + verify
+    print(f"  floor (bare ASGI + raw crypto) {floor * 1e6:6.0f} us")
     print(f"  ratio server CPU / raw crypto  {cpu / n / (sign + verify):6.1f}x")
+    print(f"  ratio server CPU / floor       {cpu / n / floor:6.1f}x")
 
 
 if __name__ == "__main__":

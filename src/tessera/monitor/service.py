@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 from sqlalchemy import select
@@ -118,8 +119,8 @@ class MonitorService:
                 for r in session.scalars(select(RiskRow)):
                     self.monitor.risk.set(r.identity_id, r.score, r.updated_at.timestamp())
             self.monitor.loader = self._loader(session)
-            records = list(self._audit.iter_rows(session, batch=limit, after=cursor.seq))
-            records = records[:limit]
+            records = list(islice(self._audit.iter_rows(session, batch=limit,
+                                                        after=cursor.seq), limit))
             if not records:
                 self._seq = cursor.seq
                 return 0
