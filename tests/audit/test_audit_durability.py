@@ -83,3 +83,15 @@ def test_session_closed_without_commit_forgets_its_events(services: Services) ->
     s.commit()  # the same session object, reused: nothing stale may be written
     with services.sessions() as s2:
         assert services.audit.events(s2) == []
+
+
+def test_scrub_markers_match_their_patterns() -> None:
+    """The substring pre-check must name each pattern's fixed start, or a secret could slip
+    past the regex it never reaches."""
+    from tessera.audit.service import _SECRET_MARKERS, scrub
+
+    for marker, pattern in _SECRET_MARKERS:
+        assert pattern.pattern.startswith(marker)
+    jwt_like = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    assert scrub({"note": f"token {jwt_like} here"}) == {"note": "token [redacted] here"}
+    assert scrub(["tsr_rt_abcdefghijkl"]) == ["[redacted]"]

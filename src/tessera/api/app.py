@@ -113,12 +113,13 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.state.services = services
     errors.install(app)
     app.include_router(oauth.router)
+    # Routes are matched in order: the two hot paths (tokens, AuthZEN) come first.
+    app.include_router(authzen.router)
     app.include_router(identities.router)
     app.include_router(audit.router)
     for router in access.routers:
         app.include_router(router)
     app.include_router(secrets_router.router)
-    app.include_router(authzen.router)
     app.include_router(authz.router)
     authzen.install(app)
     app.include_router(ca_router.router)

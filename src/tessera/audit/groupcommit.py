@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger("tessera.audit")
@@ -125,29 +126,53 @@ class GroupCommitter:
             return taken
 
     def _loop(self) -> None:
-        while True:
-            batch = self._take()
-            if not batch:
-                return
-            units = [unit for unit, _ in batch]
+        # One connection and one Session for the thread's life: a pool checkout and a Session
+        # per batch are a measurable share of a small batch. After a failed batch both are
+        # replaced (the connection may be the thing that failed).
+        session, conn = self._open()
+        try:
+            while True:
+                batch = self._take()
+                if not batch:
+                    return
+                if not self._commit_batch(session, batch):
+                    session.close()
+                    conn.invalidate()
+                    conn.close()
+                    session, conn = self._open()
+        finally:
+            session.close()
+            conn.close()
+
+    def _open(self) -> tuple[Session, Connection]:
+        engine = self._sessions.kw["bind"]
+        conn = engine.connect()
+        return self._sessions(bind=conn), conn
+
+    def _commit_batch(self, session: Session, batch: list[tuple[WriteUnit, Waiter]]) -> bool:
+        units = [unit for unit, _ in batch]
+        try:
+            results = self._apply(session, units)
+            session.commit()
+        except Exception as exc:
             try:
-                with self._sessions() as session:
-                    results = self._apply(session, units)
-                    session.commit()
-            except Exception as exc:
-                log.exception("audit group commit failed")
-                _settle([(fut, exc) for _, fut in batch])
-                continue
-            self.batches += 1
-            written = [e for result in results if not isinstance(result, Exception)
-                       for e in result]
-            _settle([(fut, result) for (_, fut), result in zip(batch, results)])
-            self.events += len(written)
-            if self._after_commit and written:
-                try:
-                    self._after_commit(written)
-                except Exception:
-                    log.exception("audit subscriber failed")
+                session.rollback()
+            except Exception:  # noqa: BLE001 - the connection is replaced by the caller
+                pass
+            log.exception("audit group commit failed")
+            _settle([(fut, exc) for _, fut in batch])
+            return False
+        self.batches += 1
+        written = [e for result in results if not isinstance(result, Exception)
+                   for e in result]
+        _settle([(fut, result) for (_, fut), result in zip(batch, results)])
+        self.events += len(written)
+        if self._after_commit and written:
+            try:
+                self._after_commit(written)
+            except Exception:
+                log.exception("audit subscriber failed")
+        return True
 
     def close(self) -> None:
         with self._cond:

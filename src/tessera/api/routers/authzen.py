@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tessera.api.deps import DbSession, PDPCaller, ServicesDep, pdp_caller_async, request_context
 from tessera.api.errors import problem
+from tessera.api.middleware import serve_bare
 from tessera.audit import RequestContext
 from tessera.audit import events as ev
 from tessera.authz import authzen
@@ -124,6 +125,10 @@ async def evaluation(request: Request) -> JSONResponse:
 async def evaluations(request: Request) -> JSONResponse:
     """Access Evaluations API (§7): boxcarred requests with defaults and semantics."""
     return await _evaluate_async(request, batch=True)
+
+
+serve_bare(router, "/access/v1/evaluation", evaluation)
+serve_bare(router, "/access/v1/evaluations", evaluations)
 
 
 def _search_route(kind: str) -> None:

@@ -9,11 +9,10 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from tessera.api.deps import ServicesDep, get_services, request_context
 from tessera.api.errors import NO_STORE, oauth_error_response
+from tessera.api.middleware import serve_bare
 from tessera.api.tls import client_cert_der
 from tessera.audit import RequestContext
 from tessera.container import Services
@@ -56,27 +55,22 @@ def _transport(request: Request) -> dict[str, Any]:
             "client_cert": client_cert_der(request.scope)}
 
 
-class TokenEndpoint:
-    """POST /oauth2/token as a bare ASGI endpoint: the busiest route skips FastAPI's
-    per-request dependency solving and thread hop (the app's middleware still applies), and
-    serves the common request on the event loop (`TokenService.handle_async`)."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        services = get_services(request)
-        ctx = request_context(request)
-        try:
-            form, resources = parse_form(request, await request.body())
-            result = await services.tokens.handle_async(form, resources, ctx,
-                                                        **_transport(request))
-            response = JSONResponse(result.body, headers={**NO_STORE, **result.headers})
-        except OAuthError as err:
-            response = oauth_error_response(err)
-        await response(scope, receive, send)
+@router.post("/oauth2/token")
+async def token(request: Request) -> JSONResponse:
+    """Token endpoint (RFC 6749 §3.2). The common request is served on the event loop
+    (`TokenService.handle_async`); served through a bare ASGI route (`serve_bare`)."""
+    services = get_services(request)
+    ctx = request_context(request)
+    try:
+        form, resources = parse_form(request, await request.body())
+        result = await services.tokens.handle_async(form, resources, ctx,
+                                                    **_transport(request))
+    except OAuthError as err:
+        return oauth_error_response(err)
+    return JSONResponse(result.body, headers={**NO_STORE, **result.headers})
 
 
-router.routes.append(Route("/oauth2/token", TokenEndpoint(), methods=["POST"],
-                           include_in_schema=False))
+serve_bare(router, "/oauth2/token", token)
 
 
 def _introspect(services: Services, form: dict[str, str], ctx: RequestContext,
