@@ -129,6 +129,19 @@ def test_context_is_enriched_with_time_source_risk_and_status() -> None:
     assert ask(snap, "a1", "read", ("Dataset", "pub"), source="10.0.0.1").allowed
 
 
+def test_shared_context_string_follows_source_and_time() -> None:
+    """Consecutive decisions reuse the context JSON only when every input to it is equal:
+    another source address or another instant is evaluated afresh."""
+    snap = snapshot('permit (principal, action, resource) when { context.source_ip == '
+                    '"10.0.0.1" && context.hour == 10 };')
+    assert ask(snap, "a1", "read", ("Dataset", "pub"), source="10.0.0.1").allowed
+    assert not ask(snap, "a1", "read", ("Dataset", "pub"), source="10.0.0.2").allowed
+    assert ask(snap, "a1", "read", ("Dataset", "pub"), source="10.0.0.1").allowed
+    later = NOW.replace(hour=11)
+    assert not snap.evaluate(EvalRequest(("Agent", "a1"), ("Action", "read"), ("Dataset", "pub"),
+                                         source="10.0.0.1"), later).allowed
+
+
 def test_caller_context_cannot_override_enrichment() -> None:
     snap = snapshot('permit (principal, action, resource) when { context.risk_score == 0 };')
     d = ask(snap, "a1", "read", ("Dataset", "pub"), context={"risk_score": 99})

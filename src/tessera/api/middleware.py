@@ -8,9 +8,10 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,6 +26,14 @@ async def _send_problem(send: Send, status: int, code: str, detail: str) -> None
                 "headers": [(b"content-type", b"application/problem+json"),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+class FastJSONResponse(JSONResponse):
+    """`JSONResponse` encoded by orjson: the same compact UTF-8 JSON, several times faster
+    (a 100-item AuthZEN batch answer is ~20 KB)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 class BareEndpoint:

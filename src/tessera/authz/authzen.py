@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
+
+import orjson
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,7 +34,7 @@ def parse_body(raw: bytes, content_type: str | None) -> dict[str, Any]:
     if not raw.strip():
         raise AuthZENError("the request body is empty")
     try:
-        body = json.loads(raw)
+        body = orjson.loads(raw)  # strict: no NaN/Infinity, integers within 64 bits
     except (ValueError, UnicodeDecodeError) as exc:
         raise AuthZENError("the request body is not valid JSON", code="malformed_json") from exc
     if not isinstance(body, dict):

@@ -341,6 +341,21 @@ class Snapshot:
                    risk=int(risk), risk_score=int(risk), principal_status=status)
         return ctx
 
+    _last_context: tuple[tuple[Any, ...], str] | None = None
+
+    def _context_json(self, req: EvalRequest, now: datetime, status: str, risk: int) -> str:
+        """`context_for` as JSON; the items of one boxcar share `now`, source, status and risk,
+        so without request context of their own they share the string (last one kept)."""
+        if req.context or req.action_properties:
+            return json.dumps(self.context_for(req, now, status, risk))
+        key = (now, req.source, status, risk)
+        last = self._last_context
+        if last is not None and last[0] == key:
+            return last[1]
+        text = json.dumps(self.context_for(req, now, status, risk))
+        self._last_context = (key, text)
+        return text
+
     def evaluate(self, req: EvalRequest, now: datetime,
                  waive: frozenset[str] = frozenset()) -> Decision:
         start = time.perf_counter()
@@ -379,7 +394,7 @@ class Snapshot:
         request = {"principal": {"type": req.principal[0], "id": req.principal[1]},
                    "action": {"type": req.action[0], "id": req.action[1]},
                    "resource": {"type": req.resource[0], "id": req.resource[1]},
-                   "context": json.dumps(self.context_for(req, now, status, risk))}
+                   "context": self._context_json(req, now, status, risk)}
         ents = self.entities_for(req)
         # The public wrapper copies the request and wraps the result in objects; on the hot
         # path we call the extension it delegates to, with the same arguments.

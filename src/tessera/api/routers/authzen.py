@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tessera.api.deps import DbSession, PDPCaller, ServicesDep, pdp_caller_async, request_context
 from tessera.api.errors import problem
-from tessera.api.middleware import serve_bare
+from tessera.api.middleware import FastJSONResponse, serve_bare
 from tessera.audit import RequestContext
 from tessera.audit import events as ev
 from tessera.authz import authzen
@@ -110,9 +110,9 @@ async def _evaluate_async(request: Request, batch: bool) -> JSONResponse:
         out, done, ctx = _decide(request, raw, caller, None, services, batch)
         if done:
             await authz.submit_batch(done, actor=caller, ctx=ctx)
-        return JSONResponse(out)
-    return JSONResponse(await run_in_threadpool(_evaluate, request, raw, caller, services,
-                                                batch))
+        return FastJSONResponse(out)
+    return FastJSONResponse(await run_in_threadpool(_evaluate, request, raw, caller, services,
+                                                    batch))
 
 
 @router.post("/access/v1/evaluation")

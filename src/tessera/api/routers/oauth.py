@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from tessera.api.deps import ServicesDep, get_services, request_context
 from tessera.api.errors import NO_STORE, oauth_error_response
-from tessera.api.middleware import serve_bare
+from tessera.api.middleware import FastJSONResponse, serve_bare
 from tessera.api.tls import client_cert_der
 from tessera.audit import RequestContext
 from tessera.container import Services
@@ -67,7 +67,7 @@ async def token(request: Request) -> JSONResponse:
                                                     **_transport(request))
     except OAuthError as err:
         return oauth_error_response(err)
-    return JSONResponse(result.body, headers={**NO_STORE, **result.headers})
+    return FastJSONResponse(result.body, headers={**NO_STORE, **result.headers})
 
 
 serve_bare(router, "/oauth2/token", token)
