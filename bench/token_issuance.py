@@ -163,7 +163,7 @@ def main() -> None:
             env["TESSERA_DATABASE_URL"] = args.database_url
         server = subprocess.Popen([sys.executable, "-m", "tessera.cli.main", "serve",
                                    "--workers", str(args.workers), "--log-level", "warning"],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  env=env, stdout=subprocess.DEVNULL, stderr=open(os.environ.get("BENCH_SERVER_LOG", os.devnull), "w"))
         try:
             wait_healthy(url)
             endpoint = f"{url}/oauth2/token"

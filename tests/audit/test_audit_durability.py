@@ -95,3 +95,48 @@ def test_scrub_markers_match_their_patterns() -> None:
     jwt_like = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
     assert scrub({"note": f"token {jwt_like} here"}) == {"note": "token [redacted] here"}
     assert scrub(["tsr_rt_abcdefghijkl"]) == ["[redacted]"]
+
+
+def test_committer_retries_a_deadlock_victim(services: Services, monkeypatch: Any) -> None:
+    """PostgreSQL may pick a committer's transaction as a deadlock victim: the batch (pure
+    data, rolled back) is applied again instead of failing its requests."""
+    from sqlalchemy.exc import OperationalError
+
+    from tessera.audit.groupcommit import WriteUnit
+
+    committer = services.audit.committer
+    assert committer is not None
+    real, calls = committer._apply, []
+
+    class Deadlock(Exception):
+        sqlstate = "40P01"
+
+    def flaky(session: Any, units: Any) -> Any:
+        calls.append(len(units))
+        if len(calls) == 1:
+            raise OperationalError("UPDATE ...", {}, Deadlock("deadlock detected"))
+        return real(session, units)
+
+    monkeypatch.setattr(committer, "_apply", flaky)
+    written = committer.submit(WriteUnit(events=[services.audit.event("test.retry")])).result(30)
+    assert len(calls) == 2 and written[0]["type"] == "test.retry"
+    with services.sessions() as s:
+        assert [e.type for e in services.audit.events(s, type="test.retry")] == ["test.retry"]
+
+
+def test_usage_stamps_run_in_one_order_whatever_the_units() -> None:
+    """Row locks taken in a stable order (table, row) keep committers of several workers from
+    deadlocking one another."""
+    from tessera.oauth.deferred import run_statements
+
+    seen: list[str] = []
+
+    class Recorder:
+        def execute(self, _stmt: Any, params: dict[str, Any]) -> None:
+            seen.append(params["row_id"])
+
+    from tessera.identity.service import _TOUCH_IDENTITY
+
+    run_statements(Recorder(), [(0, [(_TOUCH_IDENTITY, {"row_id": "idn_b", "now": 1})]),
+                                (1, [(_TOUCH_IDENTITY, {"row_id": "idn_a", "now": 1})])])
+    assert seen == ["idn_a", "idn_b"]

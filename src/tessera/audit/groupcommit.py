@@ -40,6 +40,16 @@ class WriteUnit:
 ApplyUnits = Callable[[Session, list[WriteUnit]], list["list[dict[str, Any]] | Exception"]]
 Result = list[dict[str, Any]]
 Waiter = Future[Result] | asyncio.Future[Result]
+RETRIES = 3
+# PostgreSQL: deadlock_detected, serialization_failure; SQLite: "database is locked".
+_TRANSIENT_SQLSTATES = {"40P01", "40001"}
+
+
+def _transient(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) in _TRANSIENT_SQLSTATES:
+        return True
+    return "database is locked" in str(orig or "")
 
 
 def _settle(outcomes: list[tuple[Waiter, Result | BaseException]]) -> None:
@@ -151,17 +161,24 @@ class GroupCommitter:
 
     def _commit_batch(self, session: Session, batch: list[tuple[WriteUnit, Waiter]]) -> bool:
         units = [unit for unit, _ in batch]
-        try:
-            results = self._apply(session, units)
-            session.commit()
-        except Exception as exc:
+        for attempt in range(1, RETRIES + 1):
             try:
-                session.rollback()
-            except Exception:  # noqa: BLE001 - the connection is replaced by the caller
-                pass
-            log.exception("audit group commit failed")
-            _settle([(fut, exc) for _, fut in batch])
-            return False
+                results = self._apply(session, units)
+                session.commit()
+                break
+            except Exception as exc:
+                try:
+                    session.rollback()
+                except Exception:  # noqa: BLE001 - the connection is replaced by the caller
+                    pass
+                if attempt < RETRIES and _transient(exc):
+                    # A deadlock victim or a serialization failure: nothing was written, the
+                    # same batch is applied again (the units are pure data).
+                    log.warning("audit group commit retried after %s", type(exc).__name__)
+                    continue
+                log.exception("audit group commit failed")
+                _settle([(fut, exc) for _, fut in batch])
+                return False
         self.batches += 1
         written = [e for result in results if not isinstance(result, Exception)
                    for e in result]

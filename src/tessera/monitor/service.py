@@ -15,6 +15,8 @@ from itertools import islice
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.audit import AuditService
@@ -111,9 +113,13 @@ class MonitorService:
             cursor = session.scalars(select(StreamCursorRow).where(
                 StreamCursorRow.name == CURSOR).with_for_update()).one_or_none()
             if cursor is None:
-                cursor = StreamCursorRow(name=CURSOR, seq=0)
-                session.add(cursor)
-                session.flush()
+                # Every worker runs this job: the first ones may race to create the row.
+                insert = pg_insert if session.get_bind().dialect.name == "postgresql" \
+                    else sqlite_insert
+                session.execute(insert(StreamCursorRow).values(name=CURSOR, seq=0)
+                                .on_conflict_do_nothing())
+                cursor = session.scalars(select(StreamCursorRow).where(
+                    StreamCursorRow.name == CURSOR).with_for_update()).one()
             if cursor.seq != self._seq:  # another node moved it: our memory is stale
                 self.monitor = Monitor(self.monitor.config, self.monitor.detectors)
                 for r in session.scalars(select(RiskRow)):

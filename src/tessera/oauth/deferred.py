@@ -162,9 +162,14 @@ def use_jtis(session: Session, items: list[tuple[int, list[Any]]]) -> dict[int, 
 
 def run_statements(session: Session, items: list[tuple[int, list[Any]]]
                    ) -> dict[int, Exception]:
-    for _, statements in items:
-        for stmt, params in statements:
-            session.execute(stmt, params)
+    """Run the batch's small writes (usage stamps) in one stable order: by table, then row.
+    Committers of several workers update overlapping rows; taking the row locks in the same
+    order everywhere is what keeps them from deadlocking one another on PostgreSQL."""
+    ordered = sorted((stmt for _, statements in items for stmt in statements),
+                     key=lambda s: (str(getattr(s[0], "table", "")),
+                                    str(s[1].get("row_id", ""))))
+    for stmt, params in ordered:
+        session.execute(stmt, params)
     return {}
 
 
