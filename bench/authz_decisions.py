@@ -16,6 +16,7 @@ on a shared machine weighs on the baseline and on Tessera alike.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import secrets
@@ -52,17 +53,26 @@ unless { context.hour >= 8 && context.hour < 18 };
 """
 
 
-def per_call(fn: Callable[[], Any], seconds: float = 1.0) -> float:
-    """Median seconds per call over batches filling `seconds`."""
-    fn()
-    samples: list[float] = []
+def paired_per_call(base: Callable[[], Any], ours: Callable[[], Any],
+                    seconds: float = 2.0) -> tuple[float, float]:
+    """Seconds per call of two functions, measured in alternating batches of 50 so that a
+    change in the machine's load weighs on both alike (medians of the batch means)."""
+    base(), ours()
+    samples: tuple[list[float], list[float]] = ([], [])
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
-        t = time.perf_counter()
-        for _ in range(50):
-            fn()
-        samples.append((time.perf_counter() - t) / 50)
-    return statistics.median(samples)
+        for fn, out in ((base, samples[0]), (ours, samples[1])):
+            t = time.perf_counter()
+            for _ in range(50):
+                fn()
+            out.append((time.perf_counter() - t) / 50)
+    return statistics.median(samples[0]), statistics.median(samples[1])
+
+
+def fresh_now() -> Callable[[], datetime]:
+    """A distinct instant per call: no decision may reuse the previous one's context."""
+    tick = itertools.count()
+    return lambda: NOW + timedelta(microseconds=next(tick) % 1_000_000)
 
 
 def identities(n: int) -> dict[str, IdentityRecord]:
@@ -96,9 +106,11 @@ def bench_inprocess() -> dict[str, float]:
                "action": {"type": "Action", "id": "read"},
                "resource": {"type": "Dataset", "id": "d4"}, "context": ctx}
     assert cedarpy.is_authorized(raw_req, ps, ents).allowed == snap.evaluate(req, NOW).allowed
-    raw = per_call(lambda: cedarpy.is_authorized(raw_req, ps, ents), 2.0)
-    ours = per_call(lambda: snap.evaluate(EvalRequest(("Agent", "idn5"), ("Action", "read"),
-                                                      ("Dataset", "d4")), NOW), 2.0)
+    now = fresh_now()
+    raw, ours = paired_per_call(
+        lambda: cedarpy.is_authorized(raw_req, ps, ents),
+        lambda: snap.evaluate(EvalRequest(("Agent", "idn5"), ("Action", "read"),
+                                          ("Dataset", "d4")), now()), 4.0)
     return {"raw_us": raw * 1e6, "tessera_us": ours * 1e6, "ratio": ours / raw}
 
 
@@ -125,9 +137,11 @@ def bench_1000_policies() -> dict[str, float]:
                "action": {"type": "Action", "id": "act7"},
                "resource": {"type": "Dataset", "id": "d1"}, "context": ctx}
     assert cedarpy.is_authorized(raw_req, ps, ents).allowed == snap.evaluate(req, NOW).allowed
-    raw = per_call(lambda: cedarpy.is_authorized(raw_req, ps, ents), 2.0)
-    ours = per_call(lambda: snap.evaluate(EvalRequest(("Agent", "idn3"), ("Action", "act7"),
-                                                      ("Dataset", "d1")), NOW), 2.0)
+    now = fresh_now()
+    raw, ours = paired_per_call(
+        lambda: cedarpy.is_authorized(raw_req, ps, ents),
+        lambda: snap.evaluate(EvalRequest(("Agent", "idn3"), ("Action", "act7"),
+                                          ("Dataset", "d1")), now()), 4.0)
     _ps, chosen = snap.policy_set("Agent", ("Action", "act7"), "Dataset")
     return {"raw_us": raw * 1e6, "tessera_us": ours * 1e6, "speedup": raw / ours,
             "policies_handed_to_cedar": len(chosen)}
@@ -144,15 +158,16 @@ def bench_registry_sizes(sizes: list[int]) -> list[dict[str, float]]:
         warm = EvalRequest(("Agent", "idn1"), ("Action", "read"), ("Dataset", "d1"))
         snap.evaluate(warm, NOW)
         lat_warm, lat_cold = [], []
+        now = fresh_now()
         for _ in range(2000):
             t = time.perf_counter()
             snap.evaluate(EvalRequest(("Agent", "idn1"), ("Action", "read"), ("Dataset", "d1")),
-                          NOW)
+                          now())
             lat_warm.append(time.perf_counter() - t)
             who = f"idn{rnd.randrange(n)}"
             t = time.perf_counter()
             snap.evaluate(EvalRequest(("Agent", who), ("Action", "read"),
-                                      ("Dataset", f"d{rnd.randrange(100)}")), NOW)
+                                      ("Dataset", f"d{rnd.randrange(100)}")), now())
             lat_cold.append(time.perf_counter() - t)
         out.append({"identities": n, "build_s": build,
                     "p50_same_principal_us": statistics.median(lat_warm) * 1e6,
