@@ -161,9 +161,11 @@ def main() -> None:
         env = {**os.environ, "TESSERA_DATA_DIR": str(data_dir), "TESSERA_PORT": str(port)}
         if args.database_url:
             env["TESSERA_DATABASE_URL"] = args.database_url
+        # BENCH_SERVER_LOG=FILE keeps the server's log (default: discarded).
+        server_log = open(os.environ.get("BENCH_SERVER_LOG", os.devnull), "w")  # noqa: SIM115
         server = subprocess.Popen([sys.executable, "-m", "tessera.cli.main", "serve",
                                    "--workers", str(args.workers), "--log-level", "warning"],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=open(os.environ.get("BENCH_SERVER_LOG", os.devnull), "w"))
+                                  env=env, stdout=subprocess.DEVNULL, stderr=server_log)
         try:
             wait_healthy(url)
             endpoint = f"{url}/oauth2/token"
@@ -186,6 +188,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=15)
+            server_log.close()
     bare = bare_asgi_cost(args.workers, forms, args.concurrency)
 
     n = len(latencies)

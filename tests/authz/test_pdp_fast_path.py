@@ -21,7 +21,7 @@ from tessera.authz.callers import CallerCache
 from tessera.config import Settings
 from tessera.container import Services
 from tessera.db.invalidation import on_commit_touching
-from tessera.identity.models import CredentialRow
+from tessera.identity.models import CredentialRow, IdentityRow
 
 POLICY = 'permit (principal == User::"alice", action == Action::"read", resource is Dataset);'
 BODY = {"subject": {"type": "user", "id": "alice"}, "action": {"name": "read"},
@@ -99,6 +99,28 @@ def test_commit_hook_sees_core_updates_and_ignores_rollbacks(services: Services)
         s.execute(update(CredentialRow).where(CredentialRow.id == "none").values(status="x"))
         s.commit()
     assert seen == [1]
+
+
+def test_issuing_a_token_does_not_empty_the_caller_cache(
+        services: Services, make_identity: Callable[..., Any]) -> None:
+    """Token issuance stamps last_seen_at/last_used_at on the identity and its key: no change
+    to anything a caller check reads, so it must not cost every PDP caller its cached check
+    (before the usage-stamp option, each issued token emptied the cache). A real change to
+    the same rows still empties it."""
+    from tessera.audit import RequestContext
+
+    assert services.callers is not None
+    agent = make_identity("stamped-agent")
+    before = services.callers.generation
+    services.tokens.handle(agent.form(), [], RequestContext())  # stamps due: first use
+    with services.sessions() as s:
+        row = s.get(IdentityRow, agent.id)
+        assert row is not None and row.last_seen_at is not None
+    assert services.callers.generation == before
+    with services.sessions() as s:
+        s.execute(update(IdentityRow).where(IdentityRow.id == agent.id).values(purpose="p2"))
+        s.commit()
+    assert services.callers.generation == before + 1
 
 
 def test_a_pdp_caller_is_checked_in_full_once_per_ttl(

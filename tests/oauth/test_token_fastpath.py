@@ -134,7 +134,10 @@ def test_rev_moves_on_registry_changes_but_not_on_usage_stamps(
     with services.sessions() as s:
         view = services.identities.client_view(s, agent.id)
         assert view is not None and view.rev == start
-        services.identities.touch(s, view, view.keys[0])  # last_seen_at, last_used_at
+        stamps = services.identities.touch_statements(view, view.keys[0])
+        assert len(stamps) == 2  # last_seen_at and last_used_at are both due
+        for stmt, params in stamps:
+            s.execute(stmt, params)
         s.commit()
     assert _rev(services, agent.id) == start
     with services.sessions() as s:

@@ -8,12 +8,12 @@ transaction commits, and `session.commit()` returns only once they are durable.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
-import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any

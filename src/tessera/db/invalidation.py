@@ -14,6 +14,10 @@ from typing import Any
 from sqlalchemy import Table, event
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
+# Execution option of statements that only record use (last_seen_at, last_used_at): they change
+# nothing a cache holds, and they run on every token path, so they never count as a change.
+USAGE_STAMP = "tessera_usage_stamp"
+
 
 def on_commit_touching(sessions: sessionmaker[Session], models: Iterable[type],
                        callback: Callable[[], None]) -> None:
@@ -30,7 +34,8 @@ def on_commit_touching(sessions: sessionmaker[Session], models: Iterable[type],
 
     @event.listens_for(sessions, "do_orm_execute")
     def _execute(state: ORMExecuteState) -> None:
-        if state.is_insert or state.is_update or state.is_delete:
+        if (state.is_insert or state.is_update or state.is_delete) and \
+                not state.execution_options.get(USAGE_STAMP):
             table = getattr(state.statement, "table", None)
             if table is not None and table in tables:
                 state.session.info[key] = True

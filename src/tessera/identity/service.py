@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from tessera.audit import AuditService, RequestContext
 from tessera.audit import events as ev
 from tessera.clock import Clock
+from tessera.db.invalidation import USAGE_STAMP
 from tessera.errors import Conflict, NotFound, ValidationFailed
 from tessera.identity.jwk_policy import validate_public_jwk
 from tessera.identity.models import CredentialRow, GrantRow, IdentityRow
@@ -31,9 +32,19 @@ MAX_ATTRIBUTES_BYTES = 16 * 1024
 DecommissionHook = Callable[[Session, IdentityRow, str], None]
 # Usage stamps (IdentityService.touch_statements), built once: they run on every token path.
 _TOUCH_KEY = update(CredentialRow).where(CredentialRow.id == bindparam("row_id")) \
-    .values(last_used_at=bindparam("now"))
+    .values(last_used_at=bindparam("now")).execution_options(**{USAGE_STAMP: True})
 _TOUCH_IDENTITY = update(IdentityRow).where(IdentityRow.id == bindparam("row_id")) \
-    .values(last_seen_at=bindparam("now"))
+    .values(last_seen_at=bindparam("now")).execution_options(**{USAGE_STAMP: True})
+# The token endpoint's read of a client: the identity and its active keys in one round trip.
+_I, _C = IdentityRow.__table__.c, CredentialRow.__table__.c
+_CLIENT_VIEW = (
+    select(_I.id, _I.name, _I.kind, _I.status, _I.expires_at, _I.allowed_scopes,
+           _I.allowed_audiences, _I.last_seen_at, _I.token_ttl, _I.dpop_required,
+           _I.may_act_for, _I.rev, _C.id.label("cid"), _C.kid, _C.public_jwk, _C.thumbprint,
+           _C.expires_at.label("cexp"), _C.last_used_at)
+    .select_from(IdentityRow.__table__.outerjoin(
+        CredentialRow.__table__, (_C.identity_id == _I.id) & (_C.status == "active")))
+    .where(_I.id == bindparam("identity_id")))
 
 
 def new_id(prefix: str, now: datetime) -> str:
@@ -56,12 +67,11 @@ class ClientView:
     """What client authentication needs about an identity, read in one query."""
 
     id: str
-    usable: bool
     allowed_scopes: list[str]
     allowed_audiences: list[str]
     expires_at: datetime | None
     last_seen_at: datetime | None
-    keys: list[KeyView]
+    keys: list[KeyView]  # every active key; `keys_at` drops the expired ones
     kind: str = ""
     token_ttl: int | None = None
     dpop_required: bool = False
@@ -381,44 +391,19 @@ class IdentityService:
 
     def client_view(self, session: Session, identity_id: str) -> ClientView | None:
         """The identity and its active keys in one round trip (the token endpoint's hot path).
-
-        `usable` and `keys` are as of now; `usable_at`/`keys_at` re-evaluate them later (for a
-        cached view).
-        """
-        now = self._clock.now()
-        rows = session.execute(self._client_view_stmt(), {"identity_id": identity_id}).all()
+        Status and expiry are judged at use (`usable_at`, `keys_at`): the view may be cached."""
+        rows = session.execute(_CLIENT_VIEW, {"identity_id": identity_id}).all()
         if not rows:
             return None
         first = rows[0]
         keys = [KeyView(r.cid, r.kid, r.public_jwk, r.last_used_at, r.thumbprint, r.cexp)
                 for r in rows if r.cid is not None]
-        view = ClientView(first.id, False, list(first.allowed_scopes),
-                          list(first.allowed_audiences), first.expires_at, first.last_seen_at,
-                          keys, kind=first.kind, token_ttl=first.token_ttl,
-                          dpop_required=bool(first.dpop_required),
+        return ClientView(first.id, list(first.allowed_scopes), list(first.allowed_audiences),
+                          first.expires_at, first.last_seen_at, keys, kind=first.kind,
+                          token_ttl=first.token_ttl, dpop_required=bool(first.dpop_required),
                           may_act_for=list(first.may_act_for or []),
                           spiffe_id=f"spiffe://{self.rules.trust_domain}/{first.kind}/"
                                     f"{first.name}", status=first.status, rev=first.rev)
-        view.usable = view.usable_at(now)
-        view.keys = view.keys_at(now)
-        return view
-
-    _view_stmt: Any = None
-
-    @classmethod
-    def _client_view_stmt(cls) -> Any:
-        # Built once: constructing the select costs more than running it.
-        if cls._view_stmt is None:
-            i, c = IdentityRow.__table__.c, CredentialRow.__table__.c
-            cls._view_stmt = (
-                select(i.id, i.name, i.kind, i.status, i.expires_at, i.allowed_scopes,
-                       i.allowed_audiences, i.last_seen_at, i.token_ttl, i.dpop_required,
-                       i.may_act_for, i.rev, c.id.label("cid"), c.kid, c.public_jwk,
-                       c.thumbprint, c.expires_at.label("cexp"), c.last_used_at)
-                .select_from(IdentityRow.__table__.outerjoin(
-                    CredentialRow.__table__, (c.identity_id == i.id) & (c.status == "active")))
-                .where(i.id == bindparam("identity_id")))
-        return cls._view_stmt
 
     def credential_revoked_since(self, session: Session, identity_id: str,
                                  since: datetime) -> bool:
@@ -428,15 +413,10 @@ class IdentityService:
             CredentialRow.identity_id == identity_id,
             CredentialRow.revoked_at > since).limit(1)).first() is not None
 
-    def touch(self, session: Session, client: ClientView, key: KeyView) -> None:
-        """Record use; written at most once a minute per row to keep the hot path light."""
-        for stmt, params in self.touch_statements(client, key):
-            session.execute(stmt, params)
-
     def touch_statements(self, client: ClientView, key: KeyView
                          ) -> list[tuple[Any, dict[str, Any]]]:
-        """The usage-stamp updates due now (at most one a minute per row), as statements to run
-        in whichever transaction commits the token. The views are stamped at once, so
+        """Record use: the usage-stamp updates due now (at most one a minute per row, to keep
+        the hot path light), as statements to run in whichever transaction commits the token. The views are stamped at once, so
         concurrent requests on a cached view do not repeat them."""
         now = self._clock.now()
         stale = timedelta(seconds=60)

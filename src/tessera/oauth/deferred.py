@@ -89,13 +89,6 @@ class ClientCache:
         with self._lock:
             self._views.pop(client_id, None)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._views.clear()
-
-    def __len__(self) -> int:
-        return len(self._views)
-
 
 class DeferredReplay:
     """A `ReplayCache` that records the use in the unit; the committer's hook decides."""
