@@ -28,5 +28,6 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         more = message.get("more_body", False)
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(BODY)).encode()),
                             (b"cache-control", b"no-store")]})
     await send({"type": "http.response.body", "body": BODY})

@@ -65,3 +65,65 @@ def per_call(fn: Callable[[], object], n: int) -> float:
             fn()
         rounds.append((time.perf_counter() - start) / n)
     return statistics.median(rounds)
+
+
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds of the given live processes."""
+    user = system = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def http_post_requests(host: str, port: int, path: str, bodies: list[bytes],
+                       content_type: str) -> list[bytes]:
+    """Ready-to-send HTTP/1.1 keep-alive POST requests, one per body."""
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
+            "Accept: application/json\r\n")
+    return [f"{head}Content-Length: {len(b)}\r\n\r\n".encode() + b for b in bodies]
+
+
+async def drive_raw(host: str, port: int, requests: list[bytes], concurrency: int
+                    ) -> list[float]:
+    """Send `requests` over `concurrency` keep-alive connections, one request in flight per
+    connection; return each latency. A load generator that costs ~30 us per request, where an
+    HTTP client library costs ~1 ms: on a 2-core machine the library, not the server, would set
+    the pace, and the server would be measured half idle (every request then pays its own
+    wake-ups instead of sharing them, which is not how a loaded server runs)."""
+    import asyncio
+
+    latencies: list[float] = []
+    queue = list(reversed(requests))
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while queue:
+                request = queue.pop()
+                start = time.perf_counter()
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                length = -1
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                if length < 0:
+                    raise SystemExit("response without Content-Length (this driver reads only "
+                                     "those)")
+                body = await reader.readexactly(length)
+                latencies.append(time.perf_counter() - start)
+                if status != 200:
+                    raise SystemExit(f"request failed: {status} {body[:300]!r}")
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    return latencies

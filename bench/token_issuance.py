@@ -6,7 +6,9 @@ the server's), then drives the token endpoint with concurrent HTTP requests. Pri
 p50/p99 latency, server CPU per issued token (from /proc, all worker processes), and beside them
 the raw cost of one ES256 sign (Tessera's signer) plus one verify (joserfc), and the CPU per
 request of a bare ASGI app (bench/_bare_token_app.py) under the same uvicorn workers, driven with
-the same requests: their sum is the floor a Python server on this machine can reach.
+the same requests: their sum is the floor a Python server on this machine can reach. The load
+comes from a raw HTTP/1.1 keep-alive driver (`_common.drive_raw`), cheap enough that the server,
+not the client, sets the pace.
 
     .venv/bin/python bench/token_issuance.py [--requests 4000] [--workers 2] [--concurrency 16]
 """
@@ -14,7 +16,6 @@ the same requests: their sum is the floor a Python server on this machine can re
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import secrets
 import subprocess
@@ -24,12 +25,16 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from urllib.parse import urlencode
+
 import httpx
+import uvloop
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_seconds, free_port, per_call, percentile, process_tree  # noqa: E402
+from _common import (cpu_split, drive_raw, free_port, http_post_requests, per_call,  # noqa: E402
+                     percentile, process_tree)
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -89,22 +94,13 @@ def assertions(agents: list[tuple[str, ECKey]], endpoint: str, n: int) -> list[d
     return forms
 
 
-async def drive(url: str, forms: list[dict[str, str]], concurrency: int) -> list[float]:
-    latencies: list[float] = []
-    queue = list(reversed(forms))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        async def worker() -> None:
-            while queue:
-                form = queue.pop()
-                start = time.perf_counter()
-                resp = await client.post("/oauth2/token", data=form)
-                latencies.append(time.perf_counter() - start)
-                if resp.status_code != 200:
-                    raise SystemExit(f"token request failed: {resp.status_code} {resp.text}")
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies
+def drive(url: str, forms: list[dict[str, str]], concurrency: int) -> list[float]:
+    """POST each form to /oauth2/token (see `_common.drive_raw`); every answer must be 200."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    requests = http_post_requests(host, int(port), "/oauth2/token",
+                                  [urlencode(f).encode() for f in forms],
+                                  "application/x-www-form-urlencoded")
+    return uvloop.run(drive_raw(host, int(port), requests, concurrency))
 
 
 def wait_healthy(url: str, path: str = "/healthz", method: str = "GET") -> None:
@@ -130,11 +126,11 @@ def bare_asgi_cost(workers: int, forms: list[dict[str, str]], concurrency: int) 
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_healthy(url, "/oauth2/token", "POST")
-        asyncio.run(drive(url, forms[:200], concurrency))  # warm
+        drive(url, forms[:200], concurrency)  # warm
         pids = process_tree(server.pid)
-        cpu0 = cpu_seconds(pids)
-        asyncio.run(drive(url, forms, concurrency))
-        return (cpu_seconds(pids) - cpu0) / len(forms)
+        cpu0 = sum(cpu_split(pids))
+        drive(url, forms, concurrency)
+        return (sum(cpu_split(pids)) - cpu0) / len(forms)
     finally:
         server.terminate()
         server.wait(timeout=15)
@@ -169,19 +165,22 @@ def main() -> None:
         try:
             wait_healthy(url)
             endpoint = f"{url}/oauth2/token"
-            asyncio.run(drive(url, assertions(agents, endpoint, 200), args.concurrency))  # warm
+            drive(url, assertions(agents, endpoint, 200), args.concurrency)  # warm
             forms = assertions(agents, endpoint, args.requests)
             pids = process_tree(server.pid)
             spy = None
             if args.spy:  # samples every worker's threads, natively idle frames excluded
                 spy = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid),
                                         "--subprocesses", "--format", "raw", "-o", args.spy,
-                                        "--rate", "200", "--gil"], stdout=subprocess.DEVNULL,
+                                        "--rate", os.environ.get("BENCH_SPY_RATE", "200"), *(["--gil"] if os.environ.get("BENCH_SPY_GIL", "1") == "1" else [])], stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL)
                 time.sleep(1.5)
-            cpu0, t0 = cpu_seconds(pids), time.perf_counter()
-            latencies = asyncio.run(drive(url, forms, args.concurrency))
-            elapsed, cpu = time.perf_counter() - t0, cpu_seconds(pids) - cpu0
+            (user0, sys0), t0 = cpu_split(pids), time.perf_counter()
+            latencies = drive(url, forms, args.concurrency)
+            elapsed = time.perf_counter() - t0
+            user1, sys1 = cpu_split(pids)
+            user, system = user1 - user0, sys1 - sys0
+            cpu = user + system
             if spy is not None:
                 spy.send_signal(2)
                 spy.wait(timeout=30)
@@ -198,7 +197,8 @@ def main() -> None:
     print(f"  tokens/s            {n / elapsed:10.0f}")
     print(f"  latency p50         {percentile(latencies, 50) * 1e3:10.2f} ms")
     print(f"  latency p99         {percentile(latencies, 99) * 1e3:10.2f} ms")
-    print(f"  server CPU / token  {cpu / n * 1e6:10.0f} us")
+    print(f"  server CPU / token  {cpu / n * 1e6:10.0f} us  (user {user / n * 1e6:.0f}, "
+          f"system {system / n * 1e6:.0f})")
     print(f"  raw sign + verify   {(sign + verify) * 1e6:10.0f} us  (sign {sign * 1e6:.0f}, "
           f"verify {verify * 1e6:.0f})")
     print(f"  bare ASGI endpoint  {bare * 1e6:10.0f} us CPU / request (same uvicorn, driver)")

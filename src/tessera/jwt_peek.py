@@ -13,7 +13,7 @@ from collections.abc import Collection
 from typing import Any
 
 from joserfc.errors import JoseError
-from joserfc.jws import extract_compact
+from joserfc.jws import CompactSignature, extract_compact
 
 SELF_KEYED_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c"})
 
@@ -24,6 +24,15 @@ class MalformedJWT(ValueError):
 
 def peek(token: str, allowed_algs: Collection[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The unverified protected header and claims; raises MalformedJWT."""
+    _, header, claims = peek_compact(token, allowed_algs)
+    return header, claims
+
+
+def peek_compact(token: str, allowed_algs: Collection[str]
+                 ) -> tuple[CompactSignature, dict[str, Any], dict[str, Any]]:
+    """`peek`, plus the parsed compact JWS, to verify with `joserfc.jws.validate_compact`
+    without parsing the token a second time (the claims returned are those of its payload, so
+    they are verified once its signature is)."""
     try:
         compact = extract_compact(token.encode())
         header = dict(compact.protected)
@@ -37,4 +46,4 @@ def peek(token: str, allowed_algs: Collection[str]) -> tuple[dict[str, Any], dic
         raise MalformedJWT(f"algorithm {alg!r} not allowed")
     if SELF_KEYED_HEADERS & header.keys():
         raise MalformedJWT("token header names its own key")
-    return header, claims
+    return compact, header, claims

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tessera import __version__
 from tessera.api import errors
-from tessera.api.middleware import BodyLimitMiddleware, RequestIDMiddleware
+from tessera.api.middleware import BodyLimitMiddleware, Lane, RequestIDMiddleware
 from tessera.api.routers import access, audit, authz, authzen, identities, keys, monitor, oauth
 from tessera.api.routers import ca as ca_router
 from tessera.api.routers import federation as federation_router
@@ -86,6 +88,24 @@ def access_jobs(services: Services) -> list[Job]:
             exclusive_job("webhook-deliveries", 10.0, deliver_webhooks, **common)]
 
 
+class TesseraAPI(FastAPI):
+    """FastAPI with lanes: `lanes[(method, path)]` serves that route ahead of the middleware
+    stack (see `tessera.api.middleware.Lane`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lanes: dict[tuple[str, str], ASGIApp] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            lane = self.lanes.get((scope["method"], scope["path"]))
+            if lane is not None:
+                scope["app"] = self
+                await lane(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, services: Services | None = None, *,
                run_jobs: bool = True) -> FastAPI:
     """Build the app; with no arguments, settings come from the TESSERA_* environment."""
@@ -107,7 +127,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     if services is None:
         services = build(settings or Settings())
     telemetry = services.settings.http_telemetry
-    app = FastAPI(title="Tessera", version=__version__, lifespan=lifespan,
+    app = TesseraAPI(title="Tessera", version=__version__, lifespan=lifespan,
                   description="Identity and access control plane for AI systems.",
                   telemetry={"tracing": telemetry, "metrics": telemetry, "logs": telemetry})
     app.state.services = services
@@ -133,4 +153,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     app.add_middleware(BodyLimitMiddleware, limit=services.settings.max_body_bytes)
     app.add_middleware(RequestIDMiddleware)
+    app.lanes[("POST", "/oauth2/token")] = Lane(oauth.token_parts,
+                                                 limit=services.settings.max_body_bytes)
     return app

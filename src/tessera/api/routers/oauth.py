@@ -6,13 +6,16 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
+
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import URL
+from starlette.types import Scope
 
 from tessera.api.deps import ServicesDep, get_services, request_context
 from tessera.api.errors import NO_STORE, oauth_error_response
-from tessera.api.middleware import FastJSONResponse, serve_bare
 from tessera.api.tls import client_cert_der
 from tessera.audit import RequestContext
 from tessera.container import Services
@@ -23,9 +26,11 @@ router = APIRouter(tags=["oauth"])
 MULTI_VALUED = {"resource"}  # RFC 8707 §2: resource may repeat
 
 
-def parse_form(request: Request, body: bytes) -> tuple[dict[str, str], list[str]]:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/x-www-form-urlencoded":
+FORM = "application/x-www-form-urlencoded"
+
+
+def parse_form_body(content_type: str, body: bytes) -> tuple[dict[str, str], list[str]]:
+    if content_type.split(";")[0].strip().lower() != FORM:
         raise InvalidRequest("the body must be application/x-www-form-urlencoded")
     try:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
@@ -45,6 +50,10 @@ def parse_form(request: Request, body: bytes) -> tuple[dict[str, str], list[str]
     return form, resources
 
 
+def parse_form(request: Request, body: bytes) -> tuple[dict[str, str], list[str]]:
+    return parse_form_body(request.headers.get("content-type", ""), body)
+
+
 def _transport(request: Request) -> dict[str, Any]:
     headers = {k.lower(): v for k, v in request.headers.items()}
     dpop = request.headers.getlist("dpop")
@@ -55,22 +64,62 @@ def _transport(request: Request) -> dict[str, Any]:
             "client_cert": client_cert_der(request.scope)}
 
 
-@router.post("/oauth2/token")
-async def token(request: Request) -> JSONResponse:
-    """Token endpoint (RFC 6749 §3.2). The common request is served on the event loop
-    (`TokenService.handle_async`); served through a bare ASGI route (`serve_bare`)."""
-    services = get_services(request)
-    ctx = request_context(request)
+_JSON_NO_STORE = [(b"content-type", b"application/json"), (b"cache-control", b"no-store"),
+                  (b"pragma", b"no-cache")]
+_NO_STORE_NAMES = {name.lower() for name in NO_STORE}
+
+
+def _answer(status: int, body: dict[str, Any], extra: dict[str, str]
+            ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    headers = list(_JSON_NO_STORE)
+    for name, value in extra.items():
+        if name.lower() in _NO_STORE_NAMES:  # the handler's own value wins, as in a dict
+            headers = [h for h in headers if h[0] != name.lower().encode()]
+        headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+    return status, headers, orjson.dumps(body)
+
+
+async def token_parts(scope: Scope, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Token endpoint (RFC 6749 §3.2) as a lane handler (`tessera.api.middleware.Lane`): the
+    common request is served on the event loop (`TokenService.handle_async`)."""
+    services: Services = scope["app"].state.services
+    headers: dict[str, str] = {}
+    dpop: list[str] = []
+    for name, value in scope["headers"]:  # ASGI servers give header names in lower case
+        key, text = name.decode("latin-1"), value.decode("latin-1")
+        headers[key] = text
+        if key == "dpop":
+            dpop.append(text)
+    if len(dpop) > 1:
+        # RFC 9449 §4.3: more than one DPoP header is an error; joining makes it fail.
+        headers["dpop"] = ",".join(dpop)
+    client = scope.get("client")
+    ctx = RequestContext(request_id=scope["state"]["request_id"],
+                         source=client[0] if client else None)
+    # The URL matters only to a DPoP proof (its htu claim); built only then.
+    url = str(URL(scope=scope)) if dpop else ""
     try:
-        form, resources = parse_form(request, await request.body())
-        result = await services.tokens.handle_async(form, resources, ctx,
-                                                    **_transport(request))
+        form, resources = parse_form_body(headers.get("content-type", ""), body)
+        result = await services.tokens.handle_async(
+            form, resources, ctx, method=scope["method"], url=url, headers=headers,
+            client_cert=client_cert_der(scope))
     except OAuthError as err:
-        return oauth_error_response(err)
-    return FastJSONResponse(result.body, headers={**NO_STORE, **result.headers})
+        error: dict[str, Any] = {"error": err.error}
+        if err.description:
+            error["error_description"] = err.description
+        return _answer(err.status, error, err.headers)
+    return _answer(200, result.body, result.headers)
 
 
-serve_bare(router, "/oauth2/token", token)
+@router.post("/oauth2/token")
+async def token(request: Request) -> Response:
+    """Token endpoint (RFC 6749 §3.2). `create_app` serves this path through a lane
+    (`token_parts`); this route is its definition for OpenAPI."""
+    status, headers, body = await token_parts(request.scope, await request.body())
+    response = Response(body, status_code=status)
+    response.raw_headers = [h for h in headers if h[0] != b"content-length"] + \
+        [(b"content-length", str(len(body)).encode())]
+    return response
 
 
 def _introspect(services: Services, form: dict[str, str], ctx: RequestContext,
