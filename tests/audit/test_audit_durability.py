@@ -140,3 +140,143 @@ def test_usage_stamps_run_in_one_order_whatever_the_units() -> None:
     run_statements(Recorder(), [(0, [(_TOUCH_IDENTITY, {"row_id": "idn_b", "now": 1})]),
                                 (1, [(_TOUCH_IDENTITY, {"row_id": "idn_a", "now": 1})])])
     assert seen == ["idn_a", "idn_b"]
+
+
+def _counting_committer() -> tuple[Any, list[int]]:
+    """A GroupCommitter over a fake session that records each batch's size."""
+    from tessera.audit.groupcommit import GroupCommitter
+
+    sizes: list[int] = []
+
+    class FakeSession:
+        def commit(self) -> None: ...
+        def rollback(self) -> None: ...
+        def close(self) -> None: ...
+
+    class FakeConn:
+        def close(self) -> None: ...
+
+    class Factory:
+        kw: dict[str, Any] = {"bind": None}
+
+    def apply(_session: Any, units: list[Any]) -> list[Any]:
+        sizes.append(len(units))
+        return [[{"n": i}] for i, _ in enumerate(units)]
+
+    committer = GroupCommitter(Factory(), apply)  # type: ignore[arg-type]
+    committer._open = lambda: (FakeSession(), FakeConn())  # type: ignore[method-assign]
+    return committer, sizes
+
+
+def test_units_submitted_together_from_a_loop_commit_as_one_batch() -> None:
+    """Requests served in the same loop iterations are handed over as one wave: one batch,
+    however the committer thread is scheduled."""
+    import asyncio
+
+    from tessera.audit.groupcommit import WriteUnit
+
+    committer, sizes = _counting_committer()
+
+    async def main() -> list[Any]:
+        async def request(i: int) -> Any:
+            for _ in range(i):  # request i is ready one loop iteration after request i-1
+                await asyncio.sleep(0)
+            return await committer.submit_async(WriteUnit(events=[{"i": i}]))
+
+        return await asyncio.gather(*(request(i) for i in range(6)))
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        committer.close()
+    assert sizes == [6]
+    assert [r[0]["n"] for r in results] == list(range(6))
+
+
+def test_a_wave_waits_only_while_units_keep_coming() -> None:
+    """A lone unit is handed over after a couple of idle loop passes, not held back."""
+    import asyncio
+
+    from tessera.audit.groupcommit import WriteUnit
+
+    committer, sizes = _counting_committer()
+
+    async def main() -> None:
+        for _ in range(3):
+            await asyncio.wait_for(committer.submit_async(WriteUnit(events=[{}])), 5)
+
+    try:
+        asyncio.run(main())
+    finally:
+        committer.close()
+    assert sizes == [1, 1, 1]
+
+
+def test_a_wave_pending_when_the_committer_stops_fails_its_callers() -> None:
+    import asyncio
+
+    import pytest
+
+    from tessera.audit.groupcommit import WriteUnit
+
+    committer, sizes = _counting_committer()
+
+    async def main() -> None:
+        fut = committer.submit_async(WriteUnit(events=[{}]))
+        committer.close()  # before the loop hands the wave over
+        with pytest.raises(RuntimeError, match="stopped"):
+            await asyncio.wait_for(fut, 5)
+        with pytest.raises(RuntimeError, match="stopped"):
+            committer.submit_async(WriteUnit(events=[{}]))
+
+    asyncio.run(main())
+    assert sizes == []
+
+
+def test_jti_batch_insert_reports_exactly_the_uses_that_won(services: Services) -> None:
+    """One multi-row INSERT .. ON CONFLICT DO NOTHING RETURNING per batch, in chunks above its
+    row limit: a jti stored before, or claimed twice within the batch, loses."""
+    from datetime import timedelta
+
+    from tessera.oauth import deferred
+    from tessera.oauth.deferred import use_jtis
+
+    exp = services.clock.now() + timedelta(minutes=5)
+    replayed = [RuntimeError(f"replay {i}") for i in range(7)]
+    with services.sessions() as s:
+        assert use_jtis(s, [(0, [("iss", "j-old", exp, replayed[0])])]) == {}
+        s.commit()
+    rows = deferred._JTI_INSERTS[services.engine.dialect.name]
+    rows._max = 2  # force several chunks
+    try:
+        with services.sessions() as s:
+            refused = use_jtis(s, [
+                (0, [("iss", "j-1", exp, replayed[0])]),
+                (1, [("iss", "j-old", exp, replayed[1])]),  # stored earlier
+                (2, [("iss", "j-2", exp, replayed[2])]),
+                (3, [("iss", "j-1", exp, replayed[3])]),  # claimed by unit 0
+                (4, [("other", "j-1", exp, replayed[4])]),  # another issuer: its own jti
+                (5, [("iss", "j-3", exp, replayed[5])]),
+            ])
+            s.commit()
+    finally:
+        rows._max = 256
+    assert refused == {1: replayed[1], 3: replayed[3]}
+    with services.sessions() as s:
+        stored = set(s.execute(text("SELECT issuer, jti FROM used_jtis")).all())
+    assert stored == {("iss", "j-old"), ("iss", "j-1"), ("iss", "j-2"), ("other", "j-1"),
+                      ("iss", "j-3")}
+
+
+def test_rev_check_refuses_only_units_whose_view_moved(
+        services: Services, make_identity: Callable[..., Any]) -> None:
+    from tessera.oauth.deferred import StaleClient, check_revs
+
+    a, b = make_identity("rev-a"), make_identity("rev-b")
+    with services.sessions() as s:
+        revs = dict(s.execute(text("SELECT id, rev FROM identities WHERE id IN (:a, :b)"),
+                              {"a": a.id, "b": b.id}).all())
+        refused = check_revs(s, [(0, [(a.id, revs[a.id])]), (1, [(b.id, revs[b.id] - 1)]),
+                                 (2, [("idn_gone", 0)]), (3, [(a.id, revs[a.id])])])
+    assert set(refused) == {1, 2}
+    assert all(isinstance(e, StaleClient) for e in refused.values())

@@ -28,21 +28,23 @@ class _Compiled:
         compiled = stmt.compile(dialect=dialect)
         self.sql: str = compiled.string
         self.positional: bool = bool(compiled.positional)
-        self.names: list[str] = list(compiled.positiontup or []) if self.positional \
+        names: list[str] = list(compiled.positiontup or []) if self.positional \
             else list(compiled.binds)
-        self.fixed: dict[str, Any] = {name: bind.value for name, bind in compiled.binds.items()
-                                      if bind.value is not None and not bind.required}
-        self.processors: dict[str, Processor] = {
+        fixed = {name: bind.value for name, bind in compiled.binds.items()
+                 if bind.value is not None and not bind.required}
+        processors: dict[str, Processor] = {
             name: bind.type.dialect_impl(dialect).bind_processor(dialect)
             for name, bind in compiled.binds.items()}
+        # Per parameter, in order: (name, value when the caller gives none, processor).
+        self._plan = [(name, fixed.get(name), processors.get(name)) for name in names]
+        self._names = names
 
     def params(self, values: dict[str, Any]) -> Any:
-        out = {}
-        for name in self.names:
-            value = values[name] if name in values else self.fixed.get(name)
-            proc = self.processors.get(name)
-            out[name] = proc(value) if proc is not None and value is not None else value
-        return tuple(out[n] for n in self.names) if self.positional else out
+        out = []
+        for name, default, proc in self._plan:
+            value = values.get(name, default)
+            out.append(proc(value) if proc is not None and value is not None else value)
+        return tuple(out) if self.positional else dict(zip(self._names, out))
 
 
 class FastStatement:
@@ -79,4 +81,26 @@ class FastStatement:
             cur.close()
 
 
-__all__ = ["FastStatement"]
+class FastRowsStatement:
+    """A statement over `n` rows (a multi-row VALUES, an IN list), built by `build(n)` and
+    compiled once per dialect and row count: `run(session, rows)` binds row i's values to the
+    parameters named `<column>_<i>`. Row counts up to `max_rows`; more run in chunks."""
+
+    def __init__(self, build: Callable[[int], Executable], max_rows: int = 256) -> None:
+        self._build = build
+        self._max = max_rows
+        self._by_count: dict[int, FastStatement] = {}
+
+    def run(self, session: Session, rows: list[dict[str, Any]]) -> list[Sequence[Any]]:
+        out: list[Sequence[Any]] = []
+        for start in range(0, len(rows), self._max):
+            chunk = rows[start:start + self._max]
+            stmt = self._by_count.get(len(chunk))
+            if stmt is None:
+                stmt = self._by_count[len(chunk)] = FastStatement(self._build(len(chunk)))
+            out.extend(stmt.run(session, {f"{name}_{i}": value for i, row in enumerate(chunk)
+                                          for name, value in row.items()}))
+        return out
+
+
+__all__ = ["FastRowsStatement", "FastStatement"]

@@ -20,21 +20,24 @@ and a replayed jti is refused whether the two requests met in one batch or in tw
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, bindparam, text
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import bindparam, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.audit import AuditService
 from tessera.audit.groupcommit import WriteUnit
+from tessera.db.fast import FastRowsStatement
 from tessera.errors import WouldBlock
 from tessera.identity import IdentityService
+from tessera.identity.models import IdentityRow
 from tessera.identity.service import ClientView
+from tessera.oauth.models import UsedJTIRow
 
 HOOK_REV = "identity.rev"  # intents: (identity id, rev the request relied on)
 HOOK_REPLAY = "oauth.replay"  # intents: (issuer, jti, expires_at, exception if replayed)
@@ -104,22 +107,38 @@ class DeferredReplay:
 
 # -- the committer's hooks (one transaction, a batch of units) ------------------------------
 
-# One statement text per dialect for any number of ids (an expanding IN would be compiled
-# anew for every batch size): a bound array on PostgreSQL, a JSON array on SQLite.
-_REVS = {
-    "postgresql": text("SELECT id, rev FROM identities WHERE id = ANY(:ids)").bindparams(
-        bindparam("ids", type_=postgresql.ARRAY(String()))),
-    "sqlite": text("SELECT id, rev FROM identities WHERE id IN "
-                   "(SELECT value FROM json_each(:ids))"),
-}
+def _revs_of(n: int) -> Any:
+    t = IdentityRow.__table__
+    return select(t.c.id, t.c.rev).where(t.c.id.in_([bindparam(f"id_{i}") for i in range(n)]))
+
+
+# Compiled once per dialect and row count, run on the driver's cursor (tessera.db.fast): the
+# committer runs both for every batch, and SQLAlchemy's execution path costs more than they do.
+_REVS = FastRowsStatement(_revs_of)
+
+
+def _jti_insert(dialect: str) -> FastRowsStatement:
+    """INSERT .. VALUES (..), (..) ON CONFLICT DO NOTHING RETURNING (issuer, jti): the rows it
+    returns are the uses that won (RETURNING, not rowcount: psycopg reports -1 for DO
+    NOTHING)."""
+    t = UsedJTIRow.__table__
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+
+    def build(n: int) -> Any:
+        rows = [{c: bindparam(f"{c}_{i}", type_=t.c[c].type)
+                 for c in ("issuer", "jti", "expires_at")} for i in range(n)]
+        return insert(t).values(rows).on_conflict_do_nothing().returning(t.c.issuer, t.c.jti)
+
+    return FastRowsStatement(build)
+
+
+_JTI_INSERTS = {dialect: _jti_insert(dialect) for dialect in ("postgresql", "sqlite")}
 
 
 def check_revs(session: Session, items: list[tuple[int, list[Any]]]) -> dict[int, Exception]:
     """Refuse every unit that relied on a client view whose rev has moved since."""
     ids = sorted({identity for _, intents in items for identity, _ in intents})
-    dialect = session.get_bind().dialect.name
-    param = ids if dialect == "postgresql" else json.dumps(ids)
-    current = {row[0]: row[1] for row in session.connection().execute(_REVS[dialect], {"ids": param})}
+    current = {row[0]: row[1] for row in _REVS.run(session, [{"id": i} for i in ids])}
     refused: dict[int, Exception] = {}
     for index, intents in items:
         for identity, rev in intents:
@@ -132,8 +151,6 @@ def check_revs(session: Session, items: list[tuple[int, list[Any]]]) -> dict[int
 def use_jtis(session: Session, items: list[tuple[int, list[Any]]]) -> dict[int, Exception]:
     """Insert every jti of the batch in one statement; a unit loses when any of its jtis was
     already stored or was claimed by an earlier unit of the same batch."""
-    from tessera.oauth.service import SqlReplayCache
-
     refused: dict[int, Exception] = {}
     owner: dict[tuple[str, str], tuple[int, Exception]] = {}
     rows = []
@@ -144,9 +161,8 @@ def use_jtis(session: Session, items: list[tuple[int, list[Any]]]) -> dict[int, 
                 continue
             owner[(issuer, jti)] = (index, replayed)
             rows.append({"issuer": issuer, "jti": jti, "expires_at": expires_at})
-    stmt = SqlReplayCache.statement(session.get_bind().dialect.name)
-    inserted = {(r[0], r[1]) for r in session.connection().execute(stmt, rows)} \
-        if rows else set()
+    stmt = _JTI_INSERTS[session.get_bind().dialect.name]
+    inserted = {(r[0], r[1]) for r in stmt.run(session, rows)} if rows else set()
     for key, (index, replayed) in owner.items():
         if key not in inserted:
             refused.setdefault(index, replayed)
