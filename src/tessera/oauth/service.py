@@ -233,17 +233,22 @@ class TokenService:
         """`handle` for an event loop. The common request (client cached, nothing but the
         unit to write) is served on the loop: no thread hop, and it awaits the group commit
         instead of blocking a thread on it. Anything else (a cache miss, a grant that needs a
-        session, a refusal, a stale view) is redone by `handle` in a worker thread, which
-        costs a second verification but only off the common path."""
+        session, a refusal that used a cached view, a stale view) is redone by `handle` in a
+        worker thread, which costs a second verification but only off the common path."""
         req = TokenRequest(form=form, resources=resources, ctx=ctx, now=self._clock.now(),
                            io=False, **transport)
         try:
             response = self._dispatch(req)
         except WouldBlock:
             return await run_in_threadpool(self.handle, form, resources, ctx, **transport)
-        except OAuthError:  # refusals are rare: let `handle` re-check against the database
-            return await run_in_threadpool(self.handle, form, resources, ctx, fresh_first=True,
-                                           **transport)
+        except OAuthError as refusal:
+            if req.cached:  # it may rest on a stale view: `handle` re-checks the database
+                return await run_in_threadpool(self.handle, form, resources, ctx,
+                                               fresh_first=True, **transport)
+            # Refused before any client was looked up (malformed request or assertion): the
+            # database cannot change the answer, so it is only audited, not worked out again.
+            await run_in_threadpool(self.refuse, refusal, form, ctx)
+            raise
         future = self._audit.submit_unit(req.unit)
         if future is None:
             return await run_in_threadpool(self.handle, form, resources, ctx, **transport)
