@@ -280,3 +280,34 @@ def test_rev_check_refuses_only_units_whose_view_moved(
                                  (2, [("idn_gone", 0)]), (3, [(a.id, revs[a.id])])])
     assert set(refused) == {1, 2}
     assert all(isinstance(e, StaleClient) for e in refused.values())
+
+
+def test_a_wave_is_handed_over_by_its_deadline(monkeypatch: Any) -> None:
+    """However many passes a wave may wait, it goes once its time is up."""
+    import asyncio
+
+    from tessera.audit import groupcommit
+    from tessera.audit.groupcommit import WriteUnit
+
+    def batches(max_wait: float) -> list[int]:
+        monkeypatch.setattr(groupcommit, "WAVE_PASSES", 1000)
+        monkeypatch.setattr(groupcommit, "WAVE_MAX_WAIT", max_wait)
+        committer, sizes = _counting_committer()
+
+        async def main() -> None:
+            async def request(i: int) -> Any:
+                for _ in range(i):
+                    await asyncio.sleep(0)
+                return await committer.submit_async(WriteUnit(events=[{"i": i}]))
+
+            await asyncio.gather(*(request(i) for i in range(6)))
+
+        try:
+            asyncio.run(main())
+        finally:
+            committer.close()
+        return sizes
+
+    assert batches(60.0) == [6]
+    late = batches(0.0)
+    assert late[0] < 6 and sum(late) == 6

@@ -41,7 +41,9 @@ ApplyUnits = Callable[[Session, list[WriteUnit]], list["list[dict[str, Any]] | E
 Result = list[dict[str, Any]]
 Waiter = Future[Result] | asyncio.Future[Result]
 RETRIES = 3
-WAVE_PASSES = 8  # loop iterations a wave may wait for more units before it is handed over
+# A wave waits for more units at most this many loop iterations, and this long (s).
+WAVE_PASSES = 8
+WAVE_MAX_WAIT = 0.002
 # PostgreSQL: deadlock_detected, serialization_failure; SQLite: "database is locked".
 _TRANSIENT_SQLSTATES = {"40P01", "40001"}
 
@@ -112,7 +114,8 @@ class GroupCommitter:
         serves every request whose bytes have arrived) and then passes the whole wave on at
         once. Under load a batch then holds the requests that arrived together instead of the
         one or two the committer found the moment it woke; idle, the wait is two passes of an
-        otherwise empty loop (microseconds)."""
+        otherwise empty loop (microseconds). A wave never waits more than `WAVE_PASSES`
+        iterations or `WAVE_MAX_WAIT` seconds."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Result] = loop.create_future()
         if self._stopped:
@@ -120,14 +123,15 @@ class GroupCommitter:
         wave = self._waves.get(loop)
         if wave is None:
             wave = self._waves[loop] = []
-            loop.call_soon(self._hand_over, loop, wave, 0, 0)
+            loop.call_soon(self._hand_over, loop, wave, 0, 0, loop.time() + WAVE_MAX_WAIT)
         wave.append((unit, fut))
         return fut
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop, wave: list[tuple[WriteUnit, Waiter]],
-                   seen: int, passes: int) -> None:
-        if seen < len(wave) < self._max_batch and passes < WAVE_PASSES:
-            loop.call_soon(self._hand_over, loop, wave, len(wave), passes + 1)
+                   seen: int, passes: int, deadline: float) -> None:
+        if seen < len(wave) < self._max_batch and passes < WAVE_PASSES and \
+                loop.time() < deadline:
+            loop.call_soon(self._hand_over, loop, wave, len(wave), passes + 1, deadline)
             return
         del self._waves[loop]
         try:
