@@ -28,6 +28,7 @@ MAX_ORG_NETWORKS = 5000
 # A refused token request names a client it did not prove to be: counting it against that
 # identity would let anyone raise a victim's risk (and have it suspended).
 UNATTRIBUTED = ("oauth.token.refused",)
+IGNORED_PREFIXES = ("monitor.", "caep.", "audit.")  # the monitor's own events, bookkeeping
 
 
 @dataclass
@@ -82,20 +83,31 @@ class RiskBook:
 
 def event_from_audit(rec: dict[str, Any]) -> Event | None:
     """The monitor's view of an audit record; None for events no identity performed."""
-    actor, subject = rec.get("actor"), rec.get("subject")
-    identity = subject if rec.get("type") in REFRESH_REUSE_TYPES else actor or subject
-    if not identity or identity == MONITOR_ACTOR or str(rec.get("type", "")).startswith(
-            ("monitor.", "caep.", "audit.")) or rec.get("type") in UNATTRIBUTED:
-        return None
     ts = rec["ts"]
     if isinstance(ts, str):
         ts = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    data = rec.get("data") or {}
-    return Event(seq=int(rec.get("seq") or 0), ts=ts.timestamp(), type=str(rec["type"]),
-                 identity=str(identity), outcome=str(rec.get("outcome") or "success"),
-                 action=rec.get("action"), resource=rec.get("resource"),
-                 source=rec.get("source"), credential=data.get("kid") or data.get("credential"),
-                 data=data)
+    return _event(rec.get("seq"), ts, rec.get("type"), rec.get("actor"), rec.get("subject"),
+                  rec.get("outcome"), rec.get("action"), rec.get("resource"),
+                  rec.get("source"), rec.get("data"))
+
+
+def event_from_row(row: Any) -> Event | None:
+    """`event_from_audit` for a row of `AuditService.read_stream` (its `ts` a datetime)."""
+    return _event(row.seq, row.ts, row.type, row.actor, row.subject, row.outcome, row.action,
+                  row.resource, row.source, row.data)
+
+
+def _event(seq: Any, ts: datetime, type: Any, actor: Any, subject: Any, outcome: Any,
+           action: Any, resource: Any, source: Any, data: Any) -> Event | None:
+    identity = subject if type in REFRESH_REUSE_TYPES else actor or subject
+    if not identity or identity == MONITOR_ACTOR or str(type or "").startswith(
+            IGNORED_PREFIXES) or type in UNATTRIBUTED:
+        return None
+    data = data or {}
+    # Positional: Event's field order (keywords cost twice as much, once per event).
+    return Event(int(seq or 0), ts.timestamp(), str(type), str(identity),
+                 str(outcome or "success"), action, resource, source,
+                 data.get("kid") or data.get("credential"), data)
 
 
 class Monitor:
