@@ -149,23 +149,22 @@ class Monitor:
         return False
 
     def observe(self, e: Event) -> list[Alert]:
-        b = self.baseline(e.identity)
-        b.roll_minute(int(e.ts // 60))
+        identity, ts, config = e.identity, e.ts, self.config
+        b = self.baseline(identity)
+        b.roll_minute(int(ts // 60))
         org = self.baseline(ORG)
-        ctx = DetectorContext(trusted=b.trusted(e.ts, self.config.learning_seconds,
-                                                self.config.min_events),
-                              learning_seconds=self.config.learning_seconds,
-                              org_networks=org.networks)
+        ctx = DetectorContext(b.trusted(ts, config.learning_seconds, config.min_events),
+                              config.learning_seconds, org.networks)
         alerts = []
         for detector in self.detectors:
             finding = detector.check(b, e, ctx)
             if finding is None or self._fold(e, finding):
                 continue
-            before = self.risk.value(e.identity, e.ts)
-            risk = self.risk.add(e.identity, finding.score, e.ts)
-            alerts.append(Alert(e.identity, e.ts, e.seq, finding.detector, finding.score,
+            before = self.risk.value(identity, ts)
+            risk = self.risk.add(identity, finding.score, ts)
+            alerts.append(Alert(identity, ts, e.seq, finding.detector, finding.score,
                                 finding.summary, round(risk), round(before), finding.data))
-        if self.risk.value(e.identity, e.ts) < self.config.learn_below_risk:
+        if self.risk.value(identity, ts) < config.learn_below_risk:
             b.learn(e)
             net = network_of(e.source)
             if net is not None and (net in org.networks or
@@ -173,7 +172,7 @@ class Monitor:
                 org.networks[net] = org.networks.get(net, 0) + 1
                 self.dirty.add(ORG)
         else:  # still count time and rate, so dormant/rate detectors stay correct
-            b.last_seen = max(b.last_seen, e.ts)
+            b.last_seen = max(b.last_seen, ts)
             b.minute_count += 1
-        self.dirty.add(e.identity)
+        self.dirty.add(identity)
         return alerts
