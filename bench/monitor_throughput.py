@@ -13,12 +13,17 @@ second of that load) and of 2000 (the job's batch). Two starting states:
             run for days: every detector runs, nothing fires)
   learning  no baselines yet (a fresh server, as in bench/token_issuance.py: most detectors
             return early)
+  2 workers steady, but two monitors take turns, as the workers of `tessera serve
+            --workers 2` may: each finds the cursor moved by the other and reloads its memory
+            (baselines, risk) from the tables first
 Beside them, in the same run and the same passes, the cost of only reading the rows with
 `AuditService.iter_rows` (how the monitor read them at first) and, where it exists, with
 `AuditService.read_stream` (the monitor's own reader since), so the monitor's share can be
 read off. Figures are CPU time of
 this process (time.process_time), medians over the rounds. The last line is a digest of what
 the monitor stored (baselines, alerts, risk): it must not change when only speed does.
+Each timed phase starts after gc.collect(), so that one phase's garbage is not collected in
+the next one's time (a full collection of this process's heap costs ~75 ms here).
 
     .venv/bin/python bench/monitor_throughput.py [--events 6000] [--rounds 5]
     .venv/bin/python bench/monitor_throughput.py --database-url postgresql://postgres@127.0.0.1:5432/test
@@ -27,6 +32,7 @@ the monitor stored (baselines, alerts, risk): it must not change when only speed
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -49,6 +55,7 @@ from tessera.audit import events as ev
 from tessera.audit.groupcommit import WriteUnit
 from tessera.clock import FakeClock
 from tessera.container import Services
+from tessera.monitor.service import MonitorService
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 RATE = 600  # events per second of simulated time
@@ -218,14 +225,19 @@ def reset(svc: Services, first: int, seeded: dict[str, dict[str, Any]]) -> None:
         s.commit()
 
 
-def consume(svc: Services, limit: int) -> tuple[float, int]:
-    """CPU seconds and events of consuming the stream in passes of `limit`, as the job does."""
-    assert svc.monitor is not None
-    cpu, total = 0.0, 0
+def consume(svc: Services, limit: int, monitors: list[Any] | None = None
+            ) -> tuple[float, int]:
+    """CPU seconds and events of consuming the stream in passes of `limit`, as the job does;
+    with several `monitors`, they take turns (workers of one server, or nodes)."""
+    turns = monitors or [svc.monitor]
+    cpu, total, k = 0.0, 0, 0
+    gc.collect()
     while True:
+        monitor = turns[k % len(turns)]
+        k += 1
         t0 = time.process_time()
         with svc.sessions() as s:
-            done = svc.monitor.process(s, limit=limit)
+            done = monitor.process(s, limit=limit)
             s.commit()
         cpu += time.process_time() - t0
         total += done
@@ -237,6 +249,7 @@ def read_only(svc: Services, first: int, last: int, limit: int, light: bool = Fa
     """CPU seconds of only reading the same rows in the same passes: `iter_rows` (what the
     monitor read before it had a reader of its own), or with `light` `read_stream`."""
     cpu, after = 0.0, first - 1
+    gc.collect()
     while after < last:
         t0 = time.process_time()
         with svc.sessions() as s:
@@ -290,7 +303,15 @@ def main() -> None:
         svc, ids = prepare(Path(tmp) / "data", url, args.agents, clock)
         try:
             first, last = write_events(svc, ids, args.events, clock, rng)
-            seeded = {"steady": steady_baselines(ids, rng), "learning": {}}
+            steady = steady_baselines(ids, rng)
+            seeded = {"steady": steady, "learning": {}, "2 workers": steady}
+            assert svc.monitor is not None
+            # Another worker's monitor: when the other one moved the cursor, a monitor
+            # rebuilds its memory (baselines, risk) from the tables before its pass.
+            other = MonitorService(clock, svc.audit, svc.identities, svc.sessions,
+                                   config=svc.monitor.monitor.config,
+                                   thresholds=svc.monitor.thresholds)
+            other.event_hooks = svc.monitor.event_hooks
             db = "PostgreSQL" if url else "SQLite"
             print(f"monitor throughput: {last - first + 1} audit events ({args.agents} agents, "
                   f"90 % oauth.token.issued, 10 % authz.decision.made), {db}, "
@@ -304,7 +325,8 @@ def main() -> None:
                     proc, read, lread = [], [], []
                     for _ in range(args.rounds):
                         reset(svc, first, state)
-                        cpu, n = consume(svc, size)
+                        cpu, n = consume(svc, size, [svc.monitor, other]
+                                         if mode == "2 workers" else None)
                         if n != last - first + 1:  # alerts would have added events
                             raise SystemExit(f"the monitor consumed {n} events, not "
                                              f"{last - first + 1}")
@@ -324,13 +346,15 @@ def main() -> None:
             write_events(svc, ids, args.events // 2, clock, rng, attacks=True)
             attacked: dict[str, tuple[str, int]] = {}
             for mode, state in seeded.items():
+                if mode == "2 workers":
+                    continue
                 reset(svc, first, state)
                 consume(svc, 600)
                 attacked[mode] = digest(svc, ids)
             print("  digests of what the monitor stored (must not change with speed work):")
-            for mode in seeded:
-                d, alerts = attacked[mode]
-                print(f"    {mode:>10}  quiet stream {quiet[mode]}  with attacks {d} "
+            for mode, q in quiet.items():
+                d, alerts = attacked.get(mode, ("-", 0))
+                print(f"    {mode:>10}  quiet stream {q}  with attacks {d} "
                       f"({alerts} alerts)")
         finally:
             svc.close()
