@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, delete, event, func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -84,6 +84,28 @@ _LOCK_HEAD = FastStatement(select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id ==
                            .with_for_update())
 _INSERT_EVENTS = FastStatement(insert(AuditEventRow.__table__))
 _EVENTS_AFTER = select(AuditEventRow.__table__).where(
+    AuditEventRow.__table__.c.seq > bindparam("after")).order_by(
+    AuditEventRow.__table__.c.seq).limit(bindparam("batch"))
+
+
+class StreamEvent(NamedTuple):
+    """An audit event as a consumer of the stream (the monitor, its hooks) reads it: the
+    fields it acts on, not the chain's (`read_stream`)."""
+
+    seq: int
+    ts: datetime
+    type: str
+    actor: str | None
+    subject: str | None
+    action: str | None
+    resource: str | None
+    outcome: str
+    request_id: str | None
+    source: str | None
+    data: dict[str, Any]
+
+
+_STREAM_AFTER = select(*(AuditEventRow.__table__.c[name] for name in StreamEvent._fields)).where(
     AuditEventRow.__table__.c.seq > bindparam("after")).order_by(
     AuditEventRow.__table__.c.seq).limit(bindparam("batch"))
 _MOVE_HEAD = FastStatement(update(_HEAD).where(_HEAD.c.id == 1).values(
@@ -377,6 +399,15 @@ class AuditService:
             for row in rows:
                 yield row_dict(row)
             last = rows[-1].seq
+
+    @staticmethod
+    def read_stream(session: Session, after: int = 0, limit: int = 2000) -> list[StreamEvent]:
+        """Up to `limit` events after sequence number `after`, in order (`ts` an aware
+        datetime, `data` a dict), for consumers of the stream; `iter_rows` gives every hashed
+        field as hashed, for verification and export. Named tuples, not Core rows: reading
+        an attribute of a Core row costs more than making the tuple."""
+        return list(map(StreamEvent._make, session.execute(
+            _STREAM_AFTER, {"after": after, "batch": limit}).all()))
 
     @classmethod
     def verify(cls, session: Session, jwks: dict[str, Any] | None = None) -> VerifyReport:

@@ -17,9 +17,10 @@ MAX_ITEMS = 500  # resources/actions/networks remembered per identity
 RATE_ALPHA = 0.02  # EWMA weight of one minute of traffic, per hour of day
 MAX_GAP_MINUTES = 2 * 1440  # idle minutes fed as zeros after a gap (older ones are moot)
 TOKEN_TYPES = ("oauth.token.issued",)
+ACTIVE_SHARE = 0.002  # an hour of the day with at least this share of the events is active
 
 
-@dataclass
+@dataclass(slots=True)
 class Event:
     """The fields of an audit event the monitor reads."""
 
@@ -85,7 +86,11 @@ class Baseline:
 
     def active_hours(self) -> set[int]:
         total = sum(self.hours) or 1
-        return {h for h, n in enumerate(self.hours) if n / total >= 0.002}
+        return {h for h, n in enumerate(self.hours) if n / total >= ACTIVE_SHARE}
+
+    def hour_active(self, hour: int, total: int) -> bool:
+        """`hour in active_hours()`, given `total = sum(hours) or 1`, without the set."""
+        return self.hours[hour] / total >= ACTIVE_SHARE
 
     def roll_minute(self, minute: int) -> None:
         """Close the minutes up to `minute`, feeding each (empty ones too) into the EWMA."""
@@ -108,25 +113,32 @@ class Baseline:
         self.rate_dev[h] += RATE_ALPHA * (abs(count - mean) - self.rate_dev[h])
 
     def learn(self, e: Event) -> None:
+        ts = e.ts
         if not self.first_seen:
-            self.first_seen = e.ts
-        self.last_seen = max(self.last_seen, e.ts)
+            self.first_seen = ts
+        self.last_seen = max(self.last_seen, ts)
         self.events += 1
-        self.hours[e.hour] += 1
-        for table, key in ((self.resources, e.resource), (self.actions, e.action),
-                           (self.networks, network_of(e.source))):
-            if key is not None and (key in table or len(table) < MAX_ITEMS):
-                table[key] = table.get(key, 0) + 1
+        self.hours[int(ts // 3600) % 24] += 1  # e.hour
+        net = network_of(e.source)
+        # Each table counts known keys and, while it is not full, new ones.
+        key = e.resource
+        if key is not None and (key in self.resources or len(self.resources) < MAX_ITEMS):
+            self.resources[key] = self.resources.get(key, 0) + 1
+        key = e.action
+        if key is not None and (key in self.actions or len(self.actions) < MAX_ITEMS):
+            self.actions[key] = self.actions.get(key, 0) + 1
+        if net is not None and (net in self.networks or len(self.networks) < MAX_ITEMS):
+            self.networks[net] = self.networks.get(net, 0) + 1
         self.minute_count += 1
         if e.type in TOKEN_TYPES:
-            hour = int(e.ts // 3600)
+            hour = int(ts // 3600)
             if hour != self.token_hour:
                 self.token_rate += 0.1 * (self.token_count - self.token_rate)
                 self.token_hour, self.token_count = hour, 0
             self.token_count += 1
         self.denial_ratio += 0.01 * ((1.0 if e.denied else 0.0) - self.denial_ratio)
-        if e.credential and network_of(e.source):
-            self.last_by_credential[e.credential] = [network_of(e.source), e.ts]
+        if e.credential and net:
+            self.last_by_credential[e.credential] = [net, ts]
             if len(self.last_by_credential) > 20:
                 oldest = min(self.last_by_credential, key=lambda k: self.last_by_credential[k][1])
                 del self.last_by_credential[oldest]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.audit import AuditService, RequestContext
 from tessera.audit import events as ev
+from tessera.audit.service import StreamEvent
 from tessera.clock import Clock
 from tessera.errors import NotFound, ValidationFailed
 from tessera.monitor import rfc8417_set as sets
@@ -121,9 +122,9 @@ class CaepService:
 
     # -- from the audit stream --------------------------------------------------------------
 
-    def on_events(self, session: Session, records: list[dict[str, Any]]) -> int:
+    def on_events(self, session: Session, records: list[StreamEvent]) -> int:
         """Queue a SET per subscriber for each audit record that ends access."""
-        relevant = [r for r in records if r["type"] in EVENT_MAP and r["outcome"] == "success"]
+        relevant = [r for r in records if r.type in EVENT_MAP and r.outcome == "success"]
         if not relevant:
             return 0
         subs = self.subscriptions(session)
@@ -133,20 +134,18 @@ class CaepService:
         now = self._clock.now()
         count = 0
         for rec in relevant:
-            event_type, detail = EVENT_MAP[rec["type"]]
-            subject = rec.get("subject") or rec.get("actor")
+            event_type, detail = EVENT_MAP[rec.type]
+            subject = rec.subject or rec.actor
             if not subject:
                 continue
-            ts = datetime.strptime(rec["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-                tzinfo=UTC)
             for sub in subs:
                 if event_type not in sub.events:
                     continue
                 claims = sets.build_set(issuer=self._issuer, audience=sub.audience,
                                         event_type=event_type, subject=str(subject),
-                                        event_timestamp=int(ts.timestamp()),
+                                        event_timestamp=int(rec.ts.timestamp()),
                                         now=int(now.timestamp()), detail=detail,
-                                        txn=rec.get("request_id"))
+                                        txn=rec.request_id)
                 session.add(DeliveryRow(id=claims["jti"], subscription_id=sub.id,
                                         event_type=event_type, subject=str(subject),
                                         set_jws=sets.sign_set(signer, claims),

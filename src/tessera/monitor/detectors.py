@@ -25,7 +25,7 @@ class Finding:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class DetectorContext:
     trusted: bool
     learning_seconds: float
@@ -97,8 +97,9 @@ class OutsideHours:
     def check(self, b: Baseline, e: Event, ctx: DetectorContext) -> Finding | None:
         if not ctx.trusted or e.ts - b.first_seen < self.min_history:
             return None
-        active = b.active_hours()
-        if e.hour in active or (e.hour - 1) % 24 in active and (e.hour + 1) % 24 in active:
+        h, total = e.hour, sum(b.hours) or 1
+        if b.hour_active(h, total) or b.hour_active((h - 1) % 24, total) and \
+                b.hour_active((h + 1) % 24, total):
             return None
         return Finding(self.name, self.score, f"{e.identity} was active at {_when(e.ts)}, "
                        f"outside its learned hours.", key=f"h:{e.hour}", data={"hour": e.hour})

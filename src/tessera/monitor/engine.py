@@ -28,6 +28,7 @@ MAX_ORG_NETWORKS = 5000
 # A refused token request names a client it did not prove to be: counting it against that
 # identity would let anyone raise a victim's risk (and have it suspended).
 UNATTRIBUTED = ("oauth.token.refused",)
+IGNORED_PREFIXES = ("monitor.", "caep.", "audit.")  # the monitor's own events, bookkeeping
 
 
 @dataclass
@@ -82,20 +83,31 @@ class RiskBook:
 
 def event_from_audit(rec: dict[str, Any]) -> Event | None:
     """The monitor's view of an audit record; None for events no identity performed."""
-    actor, subject = rec.get("actor"), rec.get("subject")
-    identity = subject if rec.get("type") in REFRESH_REUSE_TYPES else actor or subject
-    if not identity or identity == MONITOR_ACTOR or str(rec.get("type", "")).startswith(
-            ("monitor.", "caep.", "audit.")) or rec.get("type") in UNATTRIBUTED:
-        return None
     ts = rec["ts"]
     if isinstance(ts, str):
         ts = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    data = rec.get("data") or {}
-    return Event(seq=int(rec.get("seq") or 0), ts=ts.timestamp(), type=str(rec["type"]),
-                 identity=str(identity), outcome=str(rec.get("outcome") or "success"),
-                 action=rec.get("action"), resource=rec.get("resource"),
-                 source=rec.get("source"), credential=data.get("kid") or data.get("credential"),
-                 data=data)
+    return _event(rec.get("seq"), ts, rec.get("type"), rec.get("actor"), rec.get("subject"),
+                  rec.get("outcome"), rec.get("action"), rec.get("resource"),
+                  rec.get("source"), rec.get("data"))
+
+
+def event_from_row(row: Any) -> Event | None:
+    """`event_from_audit` for a row of `AuditService.read_stream` (its `ts` a datetime)."""
+    return _event(row.seq, row.ts, row.type, row.actor, row.subject, row.outcome, row.action,
+                  row.resource, row.source, row.data)
+
+
+def _event(seq: Any, ts: datetime, type: Any, actor: Any, subject: Any, outcome: Any,
+           action: Any, resource: Any, source: Any, data: Any) -> Event | None:
+    identity = subject if type in REFRESH_REUSE_TYPES else actor or subject
+    if not identity or identity == MONITOR_ACTOR or str(type or "").startswith(
+            IGNORED_PREFIXES) or type in UNATTRIBUTED:
+        return None
+    data = data or {}
+    # Positional: Event's field order (keywords cost twice as much, once per event).
+    return Event(int(seq or 0), ts.timestamp(), str(type), str(identity),
+                 str(outcome or "success"), action, resource, source,
+                 data.get("kid") or data.get("credential"), data)
 
 
 class Monitor:
@@ -137,23 +149,22 @@ class Monitor:
         return False
 
     def observe(self, e: Event) -> list[Alert]:
-        b = self.baseline(e.identity)
-        b.roll_minute(int(e.ts // 60))
+        identity, ts, config = e.identity, e.ts, self.config
+        b = self.baseline(identity)
+        b.roll_minute(int(ts // 60))
         org = self.baseline(ORG)
-        ctx = DetectorContext(trusted=b.trusted(e.ts, self.config.learning_seconds,
-                                                self.config.min_events),
-                              learning_seconds=self.config.learning_seconds,
-                              org_networks=org.networks)
+        ctx = DetectorContext(b.trusted(ts, config.learning_seconds, config.min_events),
+                              config.learning_seconds, org.networks)
         alerts = []
         for detector in self.detectors:
             finding = detector.check(b, e, ctx)
             if finding is None or self._fold(e, finding):
                 continue
-            before = self.risk.value(e.identity, e.ts)
-            risk = self.risk.add(e.identity, finding.score, e.ts)
-            alerts.append(Alert(e.identity, e.ts, e.seq, finding.detector, finding.score,
+            before = self.risk.value(identity, ts)
+            risk = self.risk.add(identity, finding.score, ts)
+            alerts.append(Alert(identity, ts, e.seq, finding.detector, finding.score,
                                 finding.summary, round(risk), round(before), finding.data))
-        if self.risk.value(e.identity, e.ts) < self.config.learn_below_risk:
+        if self.risk.value(identity, ts) < config.learn_below_risk:
             b.learn(e)
             net = network_of(e.source)
             if net is not None and (net in org.networks or
@@ -161,7 +172,7 @@ class Monitor:
                 org.networks[net] = org.networks.get(net, 0) + 1
                 self.dirty.add(ORG)
         else:  # still count time and rate, so dormant/rate detectors stay correct
-            b.last_seen = max(b.last_seen, e.ts)
+            b.last_seen = max(b.last_seen, ts)
             b.minute_count += 1
-        self.dirty.add(e.identity)
+        self.dirty.add(identity)
         return alerts

@@ -11,30 +11,55 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from itertools import islice
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.audit import AuditService
 from tessera.audit import events as ev
+from tessera.audit.service import StreamEvent
 from tessera.clock import Clock
 from tessera.errors import Conflict, NotFound, ValidationFailed
 from tessera.identity import IdentityService
 from tessera.monitor.baseline import Baseline
-from tessera.monitor.engine import MONITOR_ACTOR, Alert, Monitor, MonitorConfig, event_from_audit
+from tessera.monitor.engine import (
+    MONITOR_ACTOR,
+    ORG,
+    Alert,
+    Monitor,
+    MonitorConfig,
+    event_from_row,
+)
 from tessera.monitor.models import AlertRow, BaselineRow, ResponseRow, RiskRow, StreamCursorRow
 
 CURSOR = "monitor"
 RESPONSE_KINDS = ("notify", "require_approval", "suspend")
 TokenRevoker = Callable[[Session, str], int]
-EventHook = Callable[[Session, list[dict[str, Any]]], None]
+# (session, events): sees every event the monitor consumes, before the monitor does.
+EventHook = Callable[[Session, list[StreamEvent]], None]
 # (session, owner id or None, notice): tells the identity's owner about a response.
 OwnerNotifier = Callable[[Session, str | None, dict[str, Any]], None]
 NOTIFYING = ("notify", "suspend")  # the responses the owner is told about
+_CURSORS = StreamCursorRow.__table__
+_LOCK_CURSOR = select(_CURSORS.c.seq).where(_CURSORS.c.name == CURSOR).with_for_update()
+_MOVE_CURSOR = update(_CURSORS).where(_CURSORS.c.name == CURSOR).values(
+    seq=bindparam("new_seq"))
+_BASELINES = BaselineRow.__table__
+
+
+def _upsert_baselines(insert: Any) -> Any:
+    stmt = insert(_BASELINES)
+    return stmt.on_conflict_do_update(index_elements=[_BASELINES.c.identity_id], set_={
+        "state": stmt.excluded.state, "updated_at": stmt.excluded.updated_at})
+
+
+# Built once: building and cache-keying a statement costs about as much as running it.
+_SAVE_BASELINES = {"sqlite": _upsert_baselines(sqlite_insert),
+                   "postgresql": _upsert_baselines(pg_insert)}
+_CHUNK = 500  # identities per IN (...) when loading baselines
 
 
 def _dt(ts: float) -> datetime:
@@ -101,63 +126,69 @@ class MonitorService:
 
     # -- the stream -------------------------------------------------------------------------
 
-    def _loader(self, session: Session) -> Callable[[str], Baseline | None]:
-        def load(identity: str) -> Baseline | None:
-            row = session.get(BaselineRow, identity)
-            return Baseline.from_json(row.state) if row else None
-        return load
+    def _preload(self, session: Session, identities: set[str]) -> None:
+        """Put the baselines of `identities` in memory, the stored ones read in one query per
+        chunk (not one per identity); an identity without one starts empty."""
+        baselines = self.monitor.baselines
+        missing = sorted(identities.difference(baselines))
+        for i in range(0, len(missing), _CHUNK):
+            chunk = missing[i:i + _CHUNK]
+            stored = dict(session.execute(select(_BASELINES.c.identity_id, _BASELINES.c.state)
+                                          .where(_BASELINES.c.identity_id.in_(chunk))).all())
+            for identity in chunk:
+                state = stored.get(identity)
+                baselines[identity] = Baseline.from_json(state) if state is not None \
+                    else Baseline(identity)
 
     def process(self, session: Session, limit: int = 2000) -> int:
         """Consume up to `limit` new audit events; the caller commits. Returns how many."""
         with self._lock:
-            cursor = session.scalars(select(StreamCursorRow).where(
-                StreamCursorRow.name == CURSOR).with_for_update()).one_or_none()
-            if cursor is None:
+            seq = session.execute(_LOCK_CURSOR).scalar_one_or_none()
+            if seq is None:
                 # Every worker runs this job: the first ones may race to create the row.
-                insert = pg_insert if session.get_bind().dialect.name == "postgresql" \
-                    else sqlite_insert
-                session.execute(insert(StreamCursorRow).values(name=CURSOR, seq=0)
-                                .on_conflict_do_nothing())
-                cursor = session.scalars(select(StreamCursorRow).where(
-                    StreamCursorRow.name == CURSOR).with_for_update()).one()
-            if cursor.seq != self._seq:  # another node moved it: our memory is stale
+                session.execute(self._insert(session)(_CURSORS).values(
+                    name=CURSOR, seq=0).on_conflict_do_nothing())
+                seq = session.execute(_LOCK_CURSOR).scalar_one()
+            if seq != self._seq:  # another node moved it: our memory is stale
                 self.monitor = Monitor(self.monitor.config, self.monitor.detectors)
                 for r in session.scalars(select(RiskRow)):
                     self.monitor.risk.set(r.identity_id, r.score, r.updated_at.timestamp())
-            self.monitor.loader = self._loader(session)
-            records = list(islice(self._audit.iter_rows(session, batch=limit,
-                                                        after=cursor.seq), limit))
+            records = self._audit.read_stream(session, after=seq, limit=limit)
             if not records:
-                self._seq = cursor.seq
+                self._seq = seq
                 return 0
             for hook in self.event_hooks:
                 hook(session, records)
+            events = [e for e in map(event_from_row, records) if e is not None]
+            if events:
+                self._preload(session, {e.identity for e in events} | {ORG})
             alerts: list[Alert] = []
-            for rec in records:
-                e = event_from_audit(rec)
-                if e is not None:
-                    alerts.extend(self.monitor.observe(e))
+            for e in events:
+                alerts.extend(self.monitor.observe(e))
             for alert in alerts:
                 self._store_alert(session, alert)
             for identity in {a.identity for a in alerts}:
                 self._respond(session, identity, alerts)
             self._save(session)
-            cursor.seq = records[-1]["seq"]
-            self._seq = cursor.seq
+            self._seq = records[-1].seq
+            session.execute(_MOVE_CURSOR, {"new_seq": self._seq})
             return len(records)
 
+    @staticmethod
+    def _insert(session: Session) -> Any:
+        return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
     def _save(self, session: Session) -> None:
+        """Write the baselines changed since the last save: one upsert for all of them."""
         now = self._clock.now()
+        rows = []
         for identity in self.monitor.dirty:
             b = self.monitor.baselines.get(identity)
-            if b is None:
-                continue
-            row = session.get(BaselineRow, identity)
-            if row is None:
-                session.add(BaselineRow(identity_id=identity, state=b.to_json(), updated_at=now))
-            else:
-                row.state, row.updated_at = b.to_json(), now
+            if b is not None:
+                rows.append({"identity_id": identity, "state": b.to_json(), "updated_at": now})
         self.monitor.dirty.clear()
+        if rows:
+            session.execute(_SAVE_BASELINES[session.get_bind().dialect.name], rows)
         if len(self.monitor.baselines) > 50_000:
             self.monitor.baselines.clear()
 

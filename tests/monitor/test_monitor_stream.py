@@ -1,0 +1,182 @@
+"""The monitor's own read of the audit stream sees each event as the chain records it, and
+consuming the stream in passes stores exactly what the engine computes event by event."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from tessera.audit import RequestContext
+from tessera.audit import events as ev
+from tessera.audit.chain import ts_text
+from tessera.audit.service import AuditService
+from tessera.clock import FakeClock
+from tessera.container import Services
+from tessera.monitor import service as monitor_service
+from tessera.monitor.baseline import Baseline
+from tessera.monitor.engine import Monitor, MonitorConfig, event_from_audit, event_from_row
+from tessera.monitor.models import AlertRow, BaselineRow, RiskRow
+from tessera.monitor.service import MonitorService
+
+CONFIG = MonitorConfig(learning_seconds=300, min_events=5)
+
+
+def record(s: Any, services: Services, type: str, actor: str | None,
+           subject: str | None = None, *, source: str | None = "10.0.0.7",
+           outcome: str = "success", action: str | None = "read",
+           resource: str | None = "ds:a", **data: Any) -> None:
+    services.audit.record(s, type, actor=actor, subject=subject, action=action,
+                          resource=resource, outcome=outcome, data=data,
+                          ctx=RequestContext(source=source, request_id="req-1"))
+
+
+def normal_traffic(services: Services, clock: FakeClock, agents: list[str],
+                   minutes: int) -> None:
+    """Each agent: three tokens and one decision a minute, from its own network."""
+    for minute in range(minutes):
+        with services.sessions() as s:
+            for i, who in enumerate(agents):
+                for _ in range(3):
+                    record(s, services, ev.TOKEN_ISSUED, who, who, source=f"10.1.{i}.5",
+                           action="client_credentials", resource="https://api.example",
+                           kid=f"kid-{i}", method="private_key_jwt", scope="read")
+                record(s, services, ev.AUTHZ_DECISION, who, who, source=f"10.1.{i}.5",
+                       resource=f"ds:{minute % 3}")
+            s.commit()
+        clock.advance(60)
+
+
+def misbehaviour(services: Services, agents: list[str]) -> None:
+    """A new network and a copied key, denials, a reused refresh token, refusals naming a
+    victim, events of nobody, the monitor's own, and one identity acting for another."""
+    a0, a1, a2, a3, a4 = agents[:5]
+    with services.sessions() as s:
+        record(s, services, ev.TOKEN_ISSUED, a0, a0, source="203.0.113.9",
+               action="client_credentials", kid="kid-0")
+        for _ in range(6):
+            record(s, services, ev.AUTHZ_DECISION, a1, a1, source="10.1.1.5",
+                   outcome="failure", resource="ds:secret")
+        record(s, services, ev.REFRESH_TOKEN_REUSED, None, a2, outcome="failure",
+               family="fam_1")
+        for _ in range(3):
+            record(s, services, ev.TOKEN_REFUSED, a3, a3, source="198.51.100.4",
+                   outcome="failure", error="invalid_client")
+        record(s, services, "system.job.finished", None, None, source=None, action=None)
+        record(s, services, ev.ALERT_RAISED, "tessera.monitor", a4)
+        record(s, services, ev.AUTHZ_DECISION, a4, a0, source="10.1.4.5", resource="ds:b",
+               credential="cred-4")
+        s.commit()
+
+
+def stream(services: Services, make_identity: Callable[..., Any],
+           clock: FakeClock) -> list[str]:
+    agents = [make_identity(f"agent-stream-{i}").id for i in range(5)]
+    normal_traffic(services, clock, agents, 8)
+    misbehaviour(services, agents)
+    normal_traffic(services, clock, agents, 2)
+    return agents
+
+
+def consume(monitor: MonitorService, services: Services, limit: int) -> None:
+    while True:
+        with services.sessions() as s:
+            done = monitor.process(s, limit=limit)
+            s.commit()
+        if done == 0:
+            return
+
+
+def stored(services: Services) -> dict[str, Any]:
+    with services.sessions() as s:
+        return {
+            "baselines": {r.identity_id: r.state for r in s.scalars(select(BaselineRow))},
+            "alerts": sorted((a.event_seq, a.detector, a.identity_id, a.score, a.summary,
+                              a.data) for a in s.scalars(select(AlertRow))),
+            "risk": {r.identity_id: r.score for r in s.scalars(select(RiskRow))}}
+
+
+def event_by_event(services: Services) -> dict[str, Any]:
+    """The engine alone, fed every stored event through `iter_rows` and `event_from_audit`."""
+    m = Monitor(CONFIG)
+    alerts = []
+    with services.sessions() as s:
+        for rec in AuditService.iter_rows(s):
+            e = event_from_audit(rec)
+            if e is not None:
+                alerts += m.observe(e)
+    return {
+        "baselines": {who: json.loads(json.dumps(b.to_json())) for who, b in
+                      m.baselines.items()},
+        "alerts": sorted((a.seq, a.detector, a.identity, a.score, a.summary,
+                          {**a.data, "risk": a.risk}) for a in alerts),
+        "risk": {who: m.risk.raw(who)[0] for who in {a.identity for a in alerts}}}  # type: ignore[index]
+
+
+def test_read_stream_gives_each_field_as_iter_rows_does(
+        services: Services, clock: FakeClock, make_identity: Callable[..., Any]) -> None:
+    stream(services, make_identity, clock)
+    with services.sessions() as s:
+        full = list(AuditService.iter_rows(s))
+        light = AuditService.read_stream(s, after=0, limit=100_000)
+        paged = AuditService.read_stream(s, after=full[9]["seq"], limit=7)
+    assert len(light) == len(full) > 100
+    for got, rec in zip(light, full, strict=True):
+        assert ts_text(got.ts) == rec["ts"] and got.ts.utcoffset() is not None
+        assert {k: v for k, v in got._asdict().items() if k != "ts"} == \
+            {k: rec[k] for k in got._fields if k != "ts"}
+    assert [e.seq for e in paged] == [r["seq"] for r in full[10:17]]
+
+
+def test_event_from_row_is_event_from_audit(
+        services: Services, clock: FakeClock, make_identity: Callable[..., Any]) -> None:
+    stream(services, make_identity, clock)
+    with services.sessions() as s:
+        pairs = list(zip(AuditService.read_stream(s, limit=100_000),
+                         AuditService.iter_rows(s), strict=True))
+    events = [(event_from_row(row), event_from_audit(rec)) for row, rec in pairs]
+    assert all(mine == theirs for mine, theirs in events)
+    skipped = {rec["type"] for (mine, _), (_, rec) in zip(events, pairs, strict=True)
+               if mine is None}
+    assert {ev.TOKEN_REFUSED, "system.job.finished", ev.ALERT_RAISED} <= skipped
+    assert any(e is not None and e.type == ev.REFRESH_TOKEN_REUSED for e, _ in events)
+
+
+@pytest.mark.parametrize("limit", [3, 2000])
+def test_passes_store_what_the_engine_computes_event_by_event(
+        services: Services, clock: FakeClock, make_identity: Callable[..., Any],
+        limit: int) -> None:
+    monitor = services.monitor
+    assert monitor is not None
+    monitor.monitor.config = CONFIG
+    stream(services, make_identity, clock)
+    consume(monitor, services, limit)
+    mine, reference = stored(services), event_by_event(services)
+    assert {a[1] for a in reference["alerts"]} >= {"new_network", "impossible_concurrency",
+                                                  "denial_burst", "refresh_token_reuse"}
+    assert mine == reference
+
+
+def test_a_monitor_taking_over_mid_stream_continues_from_the_stored_baselines(
+        services: Services, clock: FakeClock, make_identity: Callable[..., Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(monitor_service, "_CHUNK", 2)  # several IN (...) lists per load
+    first = services.monitor
+    assert first is not None
+    first.monitor.config = CONFIG
+    agents = [make_identity(f"agent-takeover-{i}").id for i in range(5)]
+    normal_traffic(services, clock, agents, 6)
+    consume(first, services, 2000)
+    normal_traffic(services, clock, agents, 3)
+    # Another node's monitor: nothing in memory, so everything comes from the tables.
+    second = MonitorService(clock, services.audit, services.identities, services.sessions,
+                            config=CONFIG)
+    consume(second, services, 7)
+    mine, reference = stored(services), event_by_event(services)
+    assert mine["alerts"] == [] and mine == reference
+    with services.sessions() as s:
+        row = s.get_one(BaselineRow, agents[0])
+    assert Baseline.from_json(row.state).events == 9 * 4
