@@ -289,10 +289,18 @@ def test_a_wave_is_handed_over_by_its_deadline(monkeypatch: Any) -> None:
     from tessera.audit import groupcommit
     from tessera.audit.groupcommit import WriteUnit
 
-    def batches(max_wait: float) -> list[int]:
+    def waves(max_wait: float) -> list[int]:
         monkeypatch.setattr(groupcommit, "WAVE_PASSES", 1000)
         monkeypatch.setattr(groupcommit, "WAVE_MAX_WAIT", max_wait)
-        committer, sizes = _counting_committer()
+        committer, _ = _counting_committer()
+        handed: list[int] = []
+        enqueue = committer._enqueue
+
+        def counted(items: list[Any]) -> None:
+            handed.append(len(items))
+            enqueue(items)
+
+        committer._enqueue = counted  # type: ignore[method-assign]
 
         async def main() -> None:
             async def request(i: int) -> Any:
@@ -306,8 +314,8 @@ def test_a_wave_is_handed_over_by_its_deadline(monkeypatch: Any) -> None:
             asyncio.run(main())
         finally:
             committer.close()
-        return sizes
+        return handed
 
-    assert batches(60.0) == [6]
-    late = batches(0.0)
-    assert late[0] < 6 and sum(late) == 6
+    assert waves(60.0) == [6]
+    late = waves(0.0)
+    assert late[0] < 6 and sum(late) == 6, late
