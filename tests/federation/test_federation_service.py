@@ -213,7 +213,7 @@ def test_never_answering_jwks_fails_within_bounded_time(fed_services: Services,
     register(fed_services, oidc_issuer.url, jwks_uri=f"{oidc_issuer.url}/hang")
     started = time.monotonic()
     assert "timed out" in reason_of(fed_services, oidc_issuer.token())
-    # The deadline is 1 s; the bound checked is loose on purpose (a slow CI machine).
+    # The deadline is 3 s; the bound checked is loose on purpose (a slow CI machine).
     assert time.monotonic() - started < 15
 
 
