@@ -44,8 +44,10 @@ EventHook = Callable[[Session, list[StreamEvent]], None]
 OwnerNotifier = Callable[[Session, str | None, dict[str, Any]], None]
 NOTIFYING = ("notify", "suspend")  # the responses the owner is told about
 _CURSORS = StreamCursorRow.__table__
-_LOCK_CURSOR = select(_CURSORS.c.seq).where(_CURSORS.c.name == CURSOR).with_for_update()
-_MOVE_CURSOR = update(_CURSORS).where(_CURSORS.c.name == CURSOR).values(
+_READ_CURSOR = select(_CURSORS.c.seq).where(_CURSORS.c.name == CURSOR)
+# Moves the cursor only from where the pass read it (another node may have moved it since).
+_MOVE_CURSOR = update(_CURSORS).where(_CURSORS.c.name == CURSOR,
+                                      _CURSORS.c.seq == bindparam("old_seq")).values(
     seq=bindparam("new_seq"))
 _BASELINES = BaselineRow.__table__
 
@@ -141,38 +143,55 @@ class MonitorService:
                     else Baseline(identity)
 
     def process(self, session: Session, limit: int = 2000) -> int:
-        """Consume up to `limit` new audit events; the caller commits. Returns how many."""
+        """Consume up to `limit` new audit events; the caller commits. Returns how many.
+
+        Reading the events and learning from them happen in a read-only transaction, outside
+        `session`: on SQLite a write transaction holds the database's one write lock, and a
+        pass over a second of traffic takes long enough (tens of ms) to stall every token's
+        audit commit behind it. `session` only writes the results, starting with moving the
+        cursor from where the pass read it: if another node moved it meanwhile, the pass is
+        dropped (nothing written, memory reloaded next time) and its events stay with the
+        node that took them."""
         with self._lock:
-            seq = session.execute(_LOCK_CURSOR).scalar_one_or_none()
-            if seq is None:
-                # Every worker runs this job: the first ones may race to create the row.
-                session.execute(self._insert(session)(_CURSORS).values(
-                    name=CURSOR, seq=0).on_conflict_do_nothing())
-                seq = session.execute(_LOCK_CURSOR).scalar_one()
-            if seq != self._seq:  # another node moved it: our memory is stale
-                self.monitor = Monitor(self.monitor.config, self.monitor.detectors)
-                for r in session.scalars(select(RiskRow)):
-                    self.monitor.risk.set(r.identity_id, r.score, r.updated_at.timestamp())
-            records = self._audit.read_stream(session, after=seq, limit=limit)
-            if not records:
-                self._seq = seq
-                return 0
-            for hook in self.event_hooks:
-                hook(session, records)
-            events = [e for e in map(event_from_row, records) if e is not None]
-            if events:
-                self._preload(session, {e.identity for e in events} | {ORG})
+            with self._readonly() as reader:
+                stored = reader.execute(_READ_CURSOR).scalar_one_or_none()
+                seq = stored or 0
+                if seq != self._seq:  # another node moved it: our memory is stale
+                    self.monitor = Monitor(self.monitor.config, self.monitor.detectors)
+                    for r in reader.scalars(select(RiskRow)):
+                        self.monitor.risk.set(r.identity_id, r.score,
+                                              r.updated_at.timestamp())
+                    self._seq = seq
+                records = self._audit.read_stream(reader, after=seq, limit=limit)
+                if not records:
+                    return 0
+                events = [e for e in map(event_from_row, records) if e is not None]
+                if events:
+                    self._preload(reader, {e.identity for e in events} | {ORG})
             alerts: list[Alert] = []
             for e in events:
                 alerts.extend(self.monitor.observe(e))
+            if stored is None:
+                self._create_cursor(session)
+            moved = session.execute(_MOVE_CURSOR, {"old_seq": seq,
+                                                   "new_seq": records[-1].seq})
+            if moved.rowcount != 1:  # type: ignore[attr-defined]
+                self._seq = -1  # what this pass learnt is dropped with it
+                return 0
+            for hook in self.event_hooks:
+                hook(session, records)
             for alert in alerts:
                 self._store_alert(session, alert)
             for identity in {a.identity for a in alerts}:
                 self._respond(session, identity, alerts)
             self._save(session)
             self._seq = records[-1].seq
-            session.execute(_MOVE_CURSOR, {"new_seq": self._seq})
             return len(records)
+
+    def _create_cursor(self, session: Session) -> None:
+        # Every worker runs this job: the first ones may race to create the row.
+        session.execute(self._insert(session)(_CURSORS).values(
+            name=CURSOR, seq=0).on_conflict_do_nothing())
 
     @staticmethod
     def _insert(session: Session) -> Any:
