@@ -142,6 +142,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--agents", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="measured rounds of --requests each; the median round is reported "
+                             "and every round is listed (this VM's speed drifts by minutes)")
     parser.add_argument("--spy", default=None, metavar="FILE",
                         help="record the measured run with py-spy (if installed) into FILE")
     parser.add_argument("--database-url", default=None,
@@ -166,21 +169,25 @@ def main() -> None:
             wait_healthy(url)
             endpoint = f"{url}/oauth2/token"
             drive(url, assertions(agents, endpoint, 200), args.concurrency)  # warm
-            forms = assertions(agents, endpoint, args.requests)
             pids = process_tree(server.pid)
             spy = None
             if args.spy:  # samples every worker's threads, natively idle frames excluded
+                rate = os.environ.get("BENCH_SPY_RATE", "200")
+                gil = ["--gil"] if os.environ.get("BENCH_SPY_GIL", "1") == "1" else []
                 spy = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid),
                                         "--subprocesses", "--format", "raw", "-o", args.spy,
-                                        "--rate", os.environ.get("BENCH_SPY_RATE", "200"), *(["--gil"] if os.environ.get("BENCH_SPY_GIL", "1") == "1" else [])], stdout=subprocess.DEVNULL,
+                                        "--rate", rate, *gil], stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL)
                 time.sleep(1.5)
-            (user0, sys0), t0 = cpu_split(pids), time.perf_counter()
-            latencies = drive(url, forms, args.concurrency)
-            elapsed = time.perf_counter() - t0
-            user1, sys1 = cpu_split(pids)
-            user, system = user1 - user0, sys1 - sys0
-            cpu = user + system
+            rounds = []
+            for _ in range(args.rounds):
+                forms = assertions(agents, endpoint, args.requests)
+                (user0, sys0), t0 = cpu_split(pids), time.perf_counter()
+                latencies = drive(url, forms, args.concurrency)
+                elapsed = time.perf_counter() - t0
+                user1, sys1 = cpu_split(pids)
+                rounds.append((user1 - user0 + sys1 - sys0, user1 - user0, sys1 - sys0,
+                               elapsed, latencies))
             if spy is not None:
                 spy.send_signal(2)
                 spy.wait(timeout=30)
@@ -190,6 +197,7 @@ def main() -> None:
             server_log.close()
     bare = bare_asgi_cost(args.workers, forms, args.concurrency)
 
+    cpu, user, system, elapsed, latencies = sorted(rounds, key=lambda r: r[0])[len(rounds) // 2]
     n = len(latencies)
     db = "PostgreSQL" if args.database_url else "SQLite"
     print(f"token issuance: client_credentials + private_key_jwt, ES256, audit on, {db}, "
@@ -198,7 +206,8 @@ def main() -> None:
     print(f"  latency p50         {percentile(latencies, 50) * 1e3:10.2f} ms")
     print(f"  latency p99         {percentile(latencies, 99) * 1e3:10.2f} ms")
     print(f"  server CPU / token  {cpu / n * 1e6:10.0f} us  (user {user / n * 1e6:.0f}, "
-          f"system {system / n * 1e6:.0f})")
+          f"system {system / n * 1e6:.0f}; median of {len(rounds)} rounds: "
+          f"{', '.join(f'{r[0] / n * 1e6:.0f}' for r in rounds)})")
     print(f"  raw sign + verify   {(sign + verify) * 1e6:10.0f} us  (sign {sign * 1e6:.0f}, "
           f"verify {verify * 1e6:.0f})")
     print(f"  bare ASGI endpoint  {bare * 1e6:10.0f} us CPU / request (same uvicorn, driver)")
