@@ -303,6 +303,22 @@ def test_event_loop_futures_settle_per_batch_and_survive_cancellation(
             {"a", "b"}
 
 
+@pytest.fixture
+def authentications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Counts client-assertion checks (one per `ClientAssertionVerifier.authenticate`)."""
+    from tessera.oauth import rfc7523_client_assertion as rfc7523
+
+    calls: list[str] = []
+    real = rfc7523.ClientAssertionVerifier.authenticate
+
+    def counted(self: Any, form: dict[str, str], now: Any) -> Any:
+        calls.append("authenticate")
+        return real(self, form, now)
+
+    monkeypatch.setattr(rfc7523.ClientAssertionVerifier, "authenticate", counted)
+    return calls
+
+
 @pytest.mark.parametrize("bad", [
     {"client_assertion": "garbage"},
     {"client_assertion": "eyJhbGciOiJub25lIn0.eyJpc3MiOiJ4In0."},  # alg none
@@ -310,43 +326,24 @@ def test_event_loop_futures_settle_per_batch_and_survive_cancellation(
 ])
 def test_refusal_before_any_client_lookup_is_worked_out_once(
         app_client: TestClient, agent: Actor, services: Services,
-        monkeypatch: pytest.MonkeyPatch, bad: dict[str, str]) -> None:
+        authentications: list[str], bad: dict[str, str]) -> None:
     """A request refused before a client is looked up cannot be answered differently by the
     database: it is audited, not re-verified in a worker thread (a flood of garbage must not
     cost two verifications each)."""
-    from tessera.oauth import rfc7523_client_assertion as rfc7523
-
-    calls: list[str] = []
-    real = rfc7523.ClientAssertionVerifier.authenticate
-
-    def counted(self: Any, form: dict[str, str], now: Any) -> Any:
-        calls.append("authenticate")
-        return real(self, form, now)
-
-    monkeypatch.setattr(rfc7523.ClientAssertionVerifier, "authenticate", counted)
     before = len(_refusal_reasons(services))
     resp = app_client.post("/oauth2/token", data={**agent.form(), **bad})
     assert resp.status_code == 401 and resp.json()["error"] == "invalid_client"
-    assert calls == ["authenticate"]
+    assert authentications == ["authenticate"]
     assert len(_refusal_reasons(services)) == before + 1
 
 
 def test_refusal_resting_on_a_cached_view_is_rechecked(app_client: TestClient, agent: Actor,
                                                        services: Services,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                                       authentications: list[str]) -> None:
     """A refusal that used a cached client (here: a scope the cached view lacks) is worked out
     again from the database before the client hears it."""
-    from tessera.oauth import rfc7523_client_assertion as rfc7523
-
     assert _token(app_client, agent).status_code == 200  # the view is now cached
-    calls: list[str] = []
-    real = rfc7523.ClientAssertionVerifier.authenticate
-
-    def counted(self: Any, form: dict[str, str], now: Any) -> Any:
-        calls.append("authenticate")
-        return real(self, form, now)
-
-    monkeypatch.setattr(rfc7523.ClientAssertionVerifier, "authenticate", counted)
+    authentications.clear()
     resp = app_client.post("/oauth2/token", data={**agent.form(), "scope": "write"})
     assert resp.status_code == 400 and resp.json()["error"] == "invalid_scope"
-    assert calls == ["authenticate", "authenticate"]
+    assert authentications == ["authenticate", "authenticate"]
