@@ -196,3 +196,16 @@ def test_other_methods_and_paths_still_go_through_the_app(app_client: TestClient
     assert resp.headers["content-type"] == "application/problem+json"
     assert resp.headers["x-request-id"] == "get-1"
     assert app_client.get("/healthz").status_code == 200
+
+
+def test_no_lane_when_fastapi_telemetry_is_on(services: Services, agent: Actor) -> None:
+    """A lane would bypass FastAPI's per-request spans and metrics: with them on, the token
+    path goes through the app like every other route."""
+    services.settings.http_telemetry = True
+    try:
+        app = create_app(services=services, run_jobs=False)
+    finally:
+        services.settings.http_telemetry = False
+    assert app.lanes == {}
+    with TestClient(app, base_url=ISSUER) as client:
+        assert client.post("/oauth2/token", data=agent.form()).status_code == 200

@@ -319,3 +319,60 @@ def test_a_wave_is_handed_over_by_its_deadline(monkeypatch: Any) -> None:
     assert waves(60.0) == [6]
     late = waves(0.0)
     assert late[0] < 6 and sum(late) == 6, late
+
+
+def test_a_locked_sqlite_database_at_begin_is_a_retryable_error(tmp_path: Any) -> None:
+    """BEGIN IMMEDIATE runs on the driver connection; a busy database there must still reach
+    the audit committer as SQLAlchemy's OperationalError, which it retries."""
+    import sqlite3
+
+    import pytest
+    from sqlalchemy.exc import OperationalError
+
+    from tessera.audit.groupcommit import _transient
+    from tessera.db import make_engine
+
+    path = tmp_path / "locked.db"
+    engine = make_engine(f"sqlite:///{path}")
+    with engine.connect() as conn:  # the file exists, in WAL mode, before anyone holds it
+        conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        conn.commit()
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with engine.connect() as conn:
+            conn.connection.driver_connection.execute("PRAGMA busy_timeout=50")
+            with pytest.raises(OperationalError) as caught:
+                conn.begin()
+        assert "database is locked" in str(caught.value)
+        assert _transient(caught.value)
+    finally:
+        holder.close()
+        engine.dispose()
+
+
+def test_the_committer_outlives_a_database_it_cannot_reach() -> None:
+    """If no connection can be had, the batch fails (its callers hear why) and the committer
+    thread serves the next batch once the database is back."""
+    import pytest
+
+    from tessera.audit.groupcommit import WriteUnit
+
+    committer, sizes = _counting_committer()
+    working = committer._open
+    attempts: list[int] = []
+
+    def flaky_open() -> Any:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ConnectionError("database unreachable")
+        return working()
+
+    committer._open = flaky_open  # type: ignore[method-assign]
+    try:
+        with pytest.raises(ConnectionError):
+            committer.submit(WriteUnit(events=[{"a": 1}])).result(10)
+        assert committer.submit(WriteUnit(events=[{"b": 2}])).result(10) == [{"n": 0}]
+    finally:
+        committer.close()
+    assert sizes == [1] and len(attempts) == 2

@@ -261,3 +261,29 @@ def test_a_pass_whose_cursor_moved_meanwhile_writes_nothing(
         assert monitor.process(s) == 0
         s.commit()
     assert monitor._seq != -1
+
+
+def test_a_pass_that_fails_after_learning_is_learnt_once_when_retried(
+        services: Services, clock: FakeClock, make_identity: Callable[..., Any]) -> None:
+    """A pass that fails once it has learnt (here a CAEP hook; as well a busy database at the
+    cursor move) leaves memory ahead of the tables: the next pass must reload rather than learn
+    the same events a second time (doubled baselines, alerts lost to their own cooldown)."""
+    monitor = services.monitor
+    assert monitor is not None
+    monitor.monitor.config = CONFIG
+    stream(services, make_identity, clock)
+    failures: list[int] = []
+
+    def fails_once(_session: Any, _records: Any) -> None:
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("push signer unavailable")
+
+    monitor.event_hooks.insert(0, fails_once)
+    with services.sessions() as s:
+        with pytest.raises(RuntimeError):
+            monitor.process(s, limit=2000)
+        s.rollback()
+    consume(monitor, services, 2000)
+    mine, reference = stored(services), event_by_event(services)
+    assert reference["alerts"] and mine == reference

@@ -153,6 +153,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     app.add_middleware(BodyLimitMiddleware, limit=services.settings.max_body_bytes)
     app.add_middleware(RequestIDMiddleware)
-    app.lanes[("POST", "/oauth2/token")] = Lane(oauth.token_parts,
-                                                 limit=services.settings.max_body_bytes)
+    if not telemetry:  # a lane would bypass FastAPI's per-request spans and metrics
+        app.lanes[("POST", "/oauth2/token")] = Lane(oauth.token_parts,
+                                                     limit=services.settings.max_body_bytes)
     return app

@@ -21,9 +21,10 @@ log = logging.getLogger("tessera.api")
 
 
 def _problem_body(status: int, code: str, detail: str, **extra: Any) -> bytes:
+    # Compact, as the app's JSONResponse renders the same document.
     return json.dumps({"type": f"https://tessera.dev/problems/{code}", "title":
                        code.replace("_", " "), "status": status, "detail": detail,
-                       "code": code, **extra}).encode()
+                       "code": code, **extra}, separators=(",", ":")).encode()
 
 
 async def _send_problem(send: Send, status: int, code: str, detail: str,
@@ -164,7 +165,9 @@ class Lane:
     function: the request id (`RequestIDMiddleware`), the body limit (`BodyLimitMiddleware`),
     and the catch-all 500 of `tessera.api.errors`; the handler answers everything else
     itself. The app's own route for the same path stays (OpenAPI, and apps built without
-    lanes) and shares the handler, so both answer byte for byte the same.
+    lanes) and shares the handler, so both answer byte for byte the same (except that a lane's
+    500 also carries the request id, which the stack's outermost error handler cannot add).
+    Lanes are left out when FastAPI's per-request telemetry is on: they would bypass it.
     """
 
     def __init__(self, handler: LaneHandler, limit: int) -> None:

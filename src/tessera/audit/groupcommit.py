@@ -49,10 +49,10 @@ _TRANSIENT_SQLSTATES = {"40P01", "40001"}
 
 
 def _transient(exc: BaseException) -> bool:
-    orig = getattr(exc, "orig", None)
+    orig = getattr(exc, "orig", None) or exc  # a driver error that reached us unwrapped
     if getattr(orig, "sqlstate", None) in _TRANSIENT_SQLSTATES:
         return True
-    return "database is locked" in str(orig or "")
+    return "database is locked" in str(orig)
 
 
 def _settle(outcomes: list[tuple[Waiter, Result | BaseException]]) -> None:
@@ -171,21 +171,31 @@ class GroupCommitter:
     def _loop(self) -> None:
         # One connection and one Session for the thread's life: a pool checkout and a Session
         # per batch are a measurable share of a small batch. After a failed batch both are
-        # replaced (the connection may be the thing that failed).
-        session, conn = self._open()
+        # replaced (the connection may be the thing that failed); if none can be had, the
+        # batch fails and the thread lives on for the next one.
+        opened: tuple[Session, Connection] | None = None
         try:
             while True:
                 batch = self._take()
                 if not batch:
                     return
+                if opened is None:
+                    try:
+                        opened = self._open()
+                    except Exception as exc:  # database unreachable: fail this batch, go on
+                        log.exception("audit committer cannot connect")
+                        _settle([(fut, exc) for _, fut in batch])
+                        continue
+                session, conn = opened
                 if not self._commit_batch(session, batch):
+                    opened = None
                     session.close()
                     conn.invalidate()
                     conn.close()
-                    session, conn = self._open()
         finally:
-            session.close()
-            conn.close()
+            if opened is not None:
+                opened[0].close()
+                opened[1].close()
 
     def _open(self) -> tuple[Session, Connection]:
         engine = self._sessions.kw["bind"]

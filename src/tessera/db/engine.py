@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -36,6 +38,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             # the index pages every commit touches are copied back once per checkpoint, not
             # once per version, which makes each commit ~12 % cheaper (bench/token_path.py).
             cur.execute("PRAGMA wal_autocheckpoint=8000")
+            cur.execute("PRAGMA journal_size_limit=67108864")  # truncate the WAL past 64 MB
             cur.close()
 
         # pysqlite's own transaction handling defers BEGIN; take the write lock at BEGIN
@@ -50,8 +53,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             readonly = conn.get_execution_options().get(READONLY, False)
             # On the driver connection directly: through exec_driver_sql, SQLAlchemy's
             # execution machinery costs several times the statement, on every transaction.
-            conn.connection.driver_connection.execute(
-                "BEGIN" if readonly else "BEGIN IMMEDIATE")
+            # Its errors are wrapped as exec_driver_sql would ("database is locked" must stay
+            # a retryable sqlalchemy.exc.OperationalError for the audit committer).
+            statement = "BEGIN" if readonly else "BEGIN IMMEDIATE"
+            try:
+                conn.connection.driver_connection.execute(statement)
+            except sqlite3.Error as exc:
+                raise DBAPIError.instance(statement, (), exc, sqlite3.Error) from exc
 
         return engine
     kwargs.setdefault("pool_size", 10)

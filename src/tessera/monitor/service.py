@@ -168,6 +168,10 @@ class MonitorService:
                 events = [e for e in map(event_from_row, records) if e is not None]
                 if events:
                     self._preload(reader, {e.identity for e in events} | {ORG})
+            # From here memory runs ahead of the tables: until the writes are done, a failure
+            # (or a lost race for the cursor) must make the next pass reload, not learn the
+            # same events twice.
+            self._seq = -1
             alerts: list[Alert] = []
             for e in events:
                 alerts.extend(self.monitor.observe(e))
@@ -176,8 +180,7 @@ class MonitorService:
             moved = session.execute(_MOVE_CURSOR, {"old_seq": seq,
                                                    "new_seq": records[-1].seq})
             if moved.rowcount != 1:  # type: ignore[attr-defined]
-                self._seq = -1  # what this pass learnt is dropped with it
-                return 0
+                return 0  # another node took these events; what this pass learnt is dropped
             for hook in self.event_hooks:
                 hook(session, records)
             for alert in alerts:
