@@ -182,6 +182,31 @@ def test_a_monitor_taking_over_mid_stream_continues_from_the_stored_baselines(
     assert Baseline.from_json(row.state).events == 9 * 4
 
 
+def _pass_with(services: Services, clock: FakeClock, make_identity: Callable[..., Any],
+               monkeypatch: pytest.MonkeyPatch, during: Callable[[], None]) -> MonitorService:
+    """A monitor that has consumed some traffic, with more waiting, whose next pass runs
+    `during()` once, in the middle of learning (before it observes its first event)."""
+    monitor = services.monitor
+    assert monitor is not None
+    monitor.monitor.config = CONFIG
+    agents = [make_identity(f"agent-mid-pass-{i}").id for i in range(3)]
+    normal_traffic(services, clock, agents, 2)
+    with services.sessions() as s:  # a first pass: the cursor exists, memory is current
+        assert monitor.process(s) > 0
+        s.commit()
+    normal_traffic(services, clock, agents, 2)
+    real, done = monitor.monitor.observe, []
+
+    def observe(e: Any) -> Any:
+        if not done:
+            done.append(1)
+            during()
+        return real(e)
+
+    monkeypatch.setattr(monitor.monitor, "observe", observe)
+    return monitor
+
+
 def test_a_pass_learns_without_holding_the_write_lock(
         services: Services, clock: FakeClock, make_identity: Callable[..., Any],
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -190,33 +215,21 @@ def test_a_pass_learns_without_holding_the_write_lock(
     PostgreSQL a locked cursor row would stall the other nodes' monitors."""
     from sqlalchemy import text
 
-    monitor = services.monitor
-    assert monitor is not None
-    monitor.monitor.config = CONFIG
-    agents = [make_identity(f"agent-lockfree-{i}").id for i in range(3)]
-    normal_traffic(services, clock, agents, 2)
-    with services.sessions() as s:  # a first pass: the cursor exists, memory is current
-        assert monitor.process(s) > 0
-        s.commit()
-    normal_traffic(services, clock, agents, 2)
     written: list[int] = []
-    real = monitor.monitor.observe
 
-    def observe_and_write(e: Any) -> Any:
-        if not written:  # in the middle of the pass, another writer commits at once
-            engine = services.engine
-            with engine.connect() as conn:
-                if engine.dialect.name == "sqlite":
-                    conn.exec_driver_sql("PRAGMA busy_timeout=200")
-                else:
-                    conn.exec_driver_sql("SET lock_timeout = '200ms'")
-                    conn.execute(text("SELECT seq FROM monitor_cursors FOR UPDATE"))
-                conn.execute(text("UPDATE audit_head SET hash = hash WHERE id = 1"))
-                conn.commit()
-            written.append(1)
-        return real(e)
+    def another_writer_commits() -> None:
+        engine = services.engine
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("PRAGMA busy_timeout=200")
+            else:
+                conn.exec_driver_sql("SET lock_timeout = '200ms'")
+                conn.execute(text("SELECT seq FROM monitor_cursors FOR UPDATE"))
+            conn.execute(text("UPDATE audit_head SET hash = hash WHERE id = 1"))
+            conn.commit()
+        written.append(1)
 
-    monkeypatch.setattr(monitor.monitor, "observe", observe_and_write)
+    monitor = _pass_with(services, clock, make_identity, monkeypatch, another_writer_commits)
     with services.sessions() as s:
         assert monitor.process(s) > 0
         s.commit()
@@ -230,33 +243,17 @@ def test_a_pass_whose_cursor_moved_meanwhile_writes_nothing(
     read it keeps its pass. The other writes nothing and reloads its memory next time."""
     from sqlalchemy import text
 
-    monitor = services.monitor
-    assert monitor is not None
-    monitor.monitor.config = CONFIG
-    agents = [make_identity(f"agent-cas-{i}").id for i in range(3)]
-    normal_traffic(services, clock, agents, 2)
-    with services.sessions() as s:  # a first pass creates the cursor and takes the events
-        assert monitor.process(s) > 0
-        s.commit()
-    normal_traffic(services, clock, agents, 2)
+    def another_node_takes_over() -> None:
+        with services.engine.connect() as conn:
+            conn.execute(text("UPDATE monitor_cursors SET seq = seq + 1000"))
+            conn.commit()
+
+    monitor = _pass_with(services, clock, make_identity, monkeypatch, another_node_takes_over)
     before = stored(services)
-    real = monitor.monitor.observe
-    moved: list[int] = []
-
-    def observe_while_another_node_takes_over(e: Any) -> Any:
-        if not moved:
-            with services.engine.connect() as conn:
-                conn.execute(text("UPDATE monitor_cursors SET seq = seq + 1000"))
-                conn.commit()
-            moved.append(1)
-        return real(e)
-
-    monkeypatch.setattr(monitor.monitor, "observe", observe_while_another_node_takes_over)
     with services.sessions() as s:
         assert monitor.process(s) == 0
         s.commit()
     assert stored(services) == before
-    monkeypatch.setattr(monitor.monitor, "observe", real)
     with services.sessions() as s:  # next pass: memory reloaded, from the moved cursor
         assert monitor.process(s) == 0
         s.commit()

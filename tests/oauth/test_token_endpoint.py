@@ -268,3 +268,17 @@ def test_metadata_and_jwks(app_client: TestClient, services: Services) -> None:
                    meta["token_endpoint_auth_signing_alg_values_supported"])
     keys = app_client.get("/oauth2/jwks").json()["keys"]
     assert len(keys) == 1 and "d" not in keys[0] and keys[0]["alg"] == "ES256"
+
+
+def test_payload_swapped_under_a_valid_signature_is_refused(
+        app_client: TestClient, agent: Actor, make_identity: Callable[..., Actor]) -> None:
+    """The claims are read once, from the payload the signature covers: a payload swapped in
+    under another assertion's valid header and signature (naming another client, or the same
+    client with a fresh jti) must not verify."""
+    victim = make_identity("swap-victim")
+    header, _, signature = agent.assertion().split(".")
+    for claims_of in (victim.assertion(), agent.assertion()):
+        payload = claims_of.split(".")[1]
+        resp = app_client.post("/oauth2/token", data={
+            **agent.form(), "client_assertion": f"{header}.{payload}.{signature}"})
+        refused(resp)

@@ -28,11 +28,17 @@ def problem(status: int, code: str, detail: str, request: Request | None = None,
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-def oauth_error_response(err: OAuthError) -> JSONResponse:
+def oauth_error_body(err: OAuthError) -> dict[str, str]:
+    """RFC 6749 §5.2 error document."""
     body = {"error": err.error}
     if err.description:
         body["error_description"] = err.description
-    return JSONResponse(body, status_code=err.status, headers={**NO_STORE, **err.headers})
+    return body
+
+
+def oauth_error_response(err: OAuthError) -> JSONResponse:
+    return JSONResponse(oauth_error_body(err), status_code=err.status,
+                        headers={**NO_STORE, **err.headers})
 
 
 def _clean_errors(errors: Any) -> list[dict[str, Any]]:

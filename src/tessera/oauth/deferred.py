@@ -135,6 +135,13 @@ def _jti_insert(dialect: str) -> FastRowsStatement:
 _JTI_INSERTS = {dialect: _jti_insert(dialect) for dialect in ("postgresql", "sqlite")}
 
 
+def insert_jtis(session: Session, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """Store (issuer, jti, expires_at) rows in the replay cache; the (issuer, jti) pairs that
+    were not stored before (the uses that won, on every node)."""
+    stmt = _JTI_INSERTS[session.get_bind().dialect.name]
+    return {(r[0], r[1]) for r in stmt.run(session, rows)}
+
+
 def check_revs(session: Session, items: list[tuple[int, list[Any]]]) -> dict[int, Exception]:
     """Refuse every unit that relied on a client view whose rev has moved since."""
     ids = sorted({identity for _, intents in items for identity, _ in intents})
@@ -161,8 +168,7 @@ def use_jtis(session: Session, items: list[tuple[int, list[Any]]]) -> dict[int, 
                 continue
             owner[(issuer, jti)] = (index, replayed)
             rows.append({"issuer": issuer, "jti": jti, "expires_at": expires_at})
-    stmt = _JTI_INSERTS[session.get_bind().dialect.name]
-    inserted = {(r[0], r[1]) for r in stmt.run(session, rows)} if rows else set()
+    inserted = insert_jtis(session, rows) if rows else set()
     for key, (index, replayed) in owner.items():
         if key not in inserted:
             refused.setdefault(index, replayed)

@@ -10,8 +10,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import delete
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -92,26 +90,10 @@ class SqlReplayCache:
     def __init__(self, session: Session) -> None:
         self._session = session
 
-    # Built once per dialect: statement construction costs as much as the insert itself.
-    _statements: dict[str, Any] = {}
-
-    @classmethod
-    def statement(cls, dialect: str) -> Any:
-        """INSERT .. ON CONFLICT DO NOTHING RETURNING (issuer, jti): the rows it returns are
-        the uses that won (RETURNING, not rowcount: psycopg reports -1 for DO NOTHING). Takes
-        one parameter dict or a list of them."""
-        stmt = cls._statements.get(dialect)
-        if stmt is None:
-            insert = pg_insert if dialect == "postgresql" else sqlite_insert
-            table = UsedJTIRow.__table__
-            stmt = insert(table).on_conflict_do_nothing().returning(table.c.issuer, table.c.jti)
-            cls._statements[dialect] = stmt
-        return stmt
-
     def use_once(self, issuer: str, jti: str, expires_at: datetime) -> bool:
-        stmt = self.statement(self._session.get_bind().dialect.name)
-        params = {"issuer": issuer, "jti": jti, "expires_at": expires_at}
-        return self._session.execute(stmt, params).first() is not None
+        won = deferred.insert_jtis(self._session, [
+            {"issuer": issuer, "jti": jti, "expires_at": expires_at}])
+        return (issuer, jti) in won
 
     @staticmethod
     def purge(session: Session, now: datetime) -> int:

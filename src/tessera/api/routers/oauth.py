@@ -7,7 +7,6 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
@@ -15,7 +14,7 @@ from starlette.datastructures import URL
 from starlette.types import Scope
 
 from tessera.api.deps import ServicesDep, get_services, request_context
-from tessera.api.errors import NO_STORE, oauth_error_response
+from tessera.api.errors import NO_STORE, oauth_error_body, oauth_error_response
 from tessera.api.tls import client_cert_der
 from tessera.audit import RequestContext
 from tessera.container import Services
@@ -54,14 +53,23 @@ def parse_form(request: Request, body: bytes) -> tuple[dict[str, str], list[str]
     return parse_form_body(request.headers.get("content-type", ""), body)
 
 
-def _transport(request: Request) -> dict[str, Any]:
-    headers = {k.lower(): v for k, v in request.headers.items()}
-    dpop = request.headers.getlist("dpop")
-    if dpop:
+def transport_of(scope: Scope) -> dict[str, Any]:
+    """What the token, introspection and revocation endpoints read of the request besides
+    its form: method, headers (names in lower case, as ASGI servers give them), the URL and
+    the verified TLS client certificate."""
+    headers: dict[str, str] = {}
+    dpop: list[str] = []
+    for name, value in scope["headers"]:
+        key, text = name.decode("latin-1"), value.decode("latin-1")
+        headers[key] = text
+        if key == "dpop":
+            dpop.append(text)
+    if len(dpop) > 1:
         # RFC 9449 §4.3: more than one DPoP header is an error; joining makes it fail.
         headers["dpop"] = ",".join(dpop)
-    return {"method": request.method, "url": str(request.url), "headers": headers,
-            "client_cert": client_cert_der(request.scope)}
+    # The URL matters only to a DPoP proof (its htu claim); built only then.
+    return {"method": scope["method"], "url": str(URL(scope=scope)) if dpop else "",
+            "headers": headers, "client_cert": client_cert_der(scope)}
 
 
 _JSON_NO_STORE = [(b"content-type", b"application/json"), (b"cache-control", b"no-store"),
@@ -83,31 +91,15 @@ async def token_parts(scope: Scope, body: bytes) -> tuple[int, list[tuple[bytes,
     """Token endpoint (RFC 6749 §3.2) as a lane handler (`tessera.api.middleware.Lane`): the
     common request is served on the event loop (`TokenService.handle_async`)."""
     services: Services = scope["app"].state.services
-    headers: dict[str, str] = {}
-    dpop: list[str] = []
-    for name, value in scope["headers"]:  # ASGI servers give header names in lower case
-        key, text = name.decode("latin-1"), value.decode("latin-1")
-        headers[key] = text
-        if key == "dpop":
-            dpop.append(text)
-    if len(dpop) > 1:
-        # RFC 9449 §4.3: more than one DPoP header is an error; joining makes it fail.
-        headers["dpop"] = ",".join(dpop)
+    transport = transport_of(scope)
     client = scope.get("client")
     ctx = RequestContext(request_id=scope["state"]["request_id"],
                          source=client[0] if client else None)
-    # The URL matters only to a DPoP proof (its htu claim); built only then.
-    url = str(URL(scope=scope)) if dpop else ""
     try:
-        form, resources = parse_form_body(headers.get("content-type", ""), body)
-        result = await services.tokens.handle_async(
-            form, resources, ctx, method=scope["method"], url=url, headers=headers,
-            client_cert=client_cert_der(scope))
+        form, resources = parse_form_body(transport["headers"].get("content-type", ""), body)
+        result = await services.tokens.handle_async(form, resources, ctx, **transport)
     except OAuthError as err:
-        error: dict[str, Any] = {"error": err.error}
-        if err.description:
-            error["error_description"] = err.description
-        return _answer(err.status, error, err.headers)
+        return _answer(err.status, oauth_error_body(err), err.headers)
     return _answer(200, result.body, result.headers)
 
 
@@ -117,8 +109,7 @@ async def token(request: Request) -> Response:
     (`token_parts`); this route is its definition for OpenAPI."""
     status, headers, body = await token_parts(request.scope, await request.body())
     response = Response(body, status_code=status)
-    response.raw_headers = [h for h in headers if h[0] != b"content-length"] + \
-        [(b"content-length", str(len(body)).encode())]
+    response.raw_headers = [*headers, (b"content-length", str(len(body)).encode())]
     return response
 
 
@@ -157,7 +148,7 @@ async def introspect(request: Request) -> JSONResponse:
     ctx = request_context(request)
     try:
         form, _ = parse_form(request, await request.body())
-        body = await run_in_threadpool(_introspect, services, form, ctx, _transport(request))
+        body = await run_in_threadpool(_introspect, services, form, ctx, transport_of(request.scope))
     except OAuthError as err:
         return oauth_error_response(err)
     return JSONResponse(body, headers=NO_STORE)
@@ -170,7 +161,7 @@ async def revoke(request: Request) -> JSONResponse:
     ctx = request_context(request)
     try:
         form, _ = parse_form(request, await request.body())
-        await run_in_threadpool(_revoke, services, form, ctx, _transport(request))
+        await run_in_threadpool(_revoke, services, form, ctx, transport_of(request.scope))
     except OAuthError as err:
         return oauth_error_response(err)
     return JSONResponse({}, headers=NO_STORE)
