@@ -60,8 +60,10 @@ def _write_old_way(services: Services, evt: dict[str, Any]) -> None:
         hashed = hashed_part({**evt, "seq": seq})
         hashed["ts"] = ts_text(evt["ts"])
         digest = chain_hash(prev, hashed)
+        columns = AuditEventRow.__table__.c
         s.execute(insert(AuditEventRow.__table__).values(
-            **{**evt, "seq": seq, "prev_hash": prev, "hash": digest}))
+            **{k: v for k, v in evt.items() if k in columns},
+            seq=seq, prev_hash=prev, hash=digest))
         s.execute(update(head).where(head.c.id == 1).values(seq=seq, hash=digest))
         s.commit()
 
