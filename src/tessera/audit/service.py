@@ -373,8 +373,11 @@ class AuditService:
             else:
                 stmt = stmt.where(AuditEventRow.type == q.type)
         if q.identity:
+            # Same rows as subject = q OR actor = q; the second term states the actor
+            # index's condition, without which neither database can use that partial index.
             stmt = stmt.where((AuditEventRow.subject == q.identity) |
-                              (AuditEventRow.actor == q.identity))
+                              ((AuditEventRow.actor == q.identity) &
+                               AuditEventRow.actor.is_distinct_from(AuditEventRow.subject)))
         if q.outcome:
             stmt = stmt.where(AuditEventRow.outcome == q.outcome)
         if q.since:
