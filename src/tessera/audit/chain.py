@@ -26,9 +26,15 @@ CHECKPOINT_TYP = "tessera-audit-checkpoint+jwt"
 MAX_PROBLEMS = 1000
 
 
+# What `json.dumps` with these arguments builds on every call (its arguments differ from the
+# defaults, so it makes a new encoder each time): built once, the encoding is the same.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                            default=str)
+canonical_text = _ENCODER.encode
+
+
 def canonical(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=str).encode()
+    return canonical_text(event).encode()
 
 
 def ts_text(ts: datetime) -> str:

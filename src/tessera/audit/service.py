@@ -27,7 +27,7 @@ from tessera.audit.chain import (
     GENESIS,
     Checkpoint,
     VerifyReport,
-    canonical,
+    canonical_text,
     chain_hash,
     hashed_part,
     ts_text,
@@ -82,7 +82,10 @@ def scrub(value: Any, key: str | None = None) -> Any:
 _HEAD = AuditHeadRow.__table__
 _LOCK_HEAD = FastStatement(select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1)
                            .with_for_update())
-_INSERT_EVENTS = FastStatement(insert(AuditEventRow.__table__))
+# `data` and `reasons` go in as the chain's canonical JSON text (see `_append_batch`).
+_INSERT_EVENTS = FastStatement(insert(AuditEventRow.__table__), encoded=("data", "reasons"))
+# The key under which `event` keeps the canonical JSON text of the event's `data`.
+DATA_JSON = "data_json"
 _EVENTS_AFTER = select(AuditEventRow.__table__).where(
     AuditEventRow.__table__.c.seq > bindparam("after")).order_by(
     AuditEventRow.__table__.c.seq).limit(bindparam("batch"))
@@ -139,6 +142,13 @@ class EventQuery:
     since: datetime | None = None
     until: datetime | None = None
     request_id: str | None = None
+
+
+def _json_text(value: Any) -> str | None:
+    """A JSON column's value as the canonical text (None stays NULL)."""
+    if value is None:
+        return None
+    return "[]" if value == [] else canonical_text(value)
 
 
 def row_dict(row: AuditEventRow) -> dict[str, Any]:
@@ -263,14 +273,18 @@ class AuditService:
               resource: str | None = None, reasons: Iterable[str] = (),
               ctx: RequestContext | None = None,
               data: dict[str, Any] | None = None) -> dict[str, Any]:
-        """An event as `record` writes it, for `record_built` or a `WriteUnit`."""
+        """An event as `record` writes it, for `record_built` or a `WriteUnit`: `data` as it
+        reads back (its canonical JSON decoded), and that JSON text under `DATA_JSON`, which
+        is what the `data` column stores (one encoding of the data, not one more per write).
+        An event is not changed once built."""
         ctx = ctx or RequestContext()
+        data_json = canonical_text(scrub(data or {}))
         return {"id": f"evt_{secrets.token_hex(10)}", "ts": self._clock.now(), "type": type,
                 "actor": actor if actor is not None else ctx.actor, "subject": subject,
                 "action": scrub(action), "resource": scrub(resource), "outcome": outcome,
                 "reasons": [scrub(str(r)) for r in reasons], "request_id": ctx.request_id,
                 "source": ctx.source, "node_id": self._node_id,
-                "data": json.loads(canonical(scrub(data or {})))}
+                "data": json.loads(data_json), DATA_JSON: data_json}
 
     def record(self, session: Session, type: str, *, outcome: str = "success",
                actor: str | None = None, subject: str | None = None, action: str | None = None,
@@ -301,11 +315,18 @@ class AuditService:
         written, rows = [], []
         for evt in events:
             seq += 1
-            out = hashed_part({**evt, "seq": seq})
+            out = hashed_part(evt)
+            out["seq"] = seq
             out["ts"] = ts_text(evt["ts"])
             digest = chain_hash(prev, out)
-            rows.append({**evt, "seq": seq, "prev_hash": prev, "hash": digest})
-            written.append({**out, "prev_hash": prev, "hash": digest})
+            # The JSON columns store the canonical text (SQLAlchemy's JSON type would encode
+            # the same values once more, differently spaced): they read back as hashed.
+            data_json = evt.get(DATA_JSON)
+            rows.append({**evt, "seq": seq, "prev_hash": prev, "hash": digest,
+                         "data": _json_text(out["data"]) if data_json is None else data_json,
+                         "reasons": _json_text(out["reasons"])})
+            out["prev_hash"], out["hash"] = prev, digest
+            written.append(out)
             prev = digest
         _INSERT_EVENTS.run_many(session, rows)
         _MOVE_HEAD.run(session, {"new_seq": seq, "new_hash": prev})
@@ -352,8 +373,11 @@ class AuditService:
             else:
                 stmt = stmt.where(AuditEventRow.type == q.type)
         if q.identity:
+            # Same rows as subject = q OR actor = q; the second term states the actor
+            # index's condition, without which neither database can use that partial index.
             stmt = stmt.where((AuditEventRow.subject == q.identity) |
-                              (AuditEventRow.actor == q.identity))
+                              ((AuditEventRow.actor == q.identity) &
+                               AuditEventRow.actor.is_distinct_from(AuditEventRow.subject)))
         if q.outcome:
             stmt = stmt.where(AuditEventRow.outcome == q.outcome)
         if q.since:

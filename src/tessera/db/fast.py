@@ -6,7 +6,8 @@ several times what the driver itself spends. The audit committer runs the same t
 for every batch (lock the chain head, insert the events, move the head), so for them this module
 compiles the statement once per dialect and executes it on the DBAPI cursor of the session's own
 connection (same transaction), converting each parameter with the bind processor SQLAlchemy
-would use for its column type: what lands in the database is byte for byte what Core writes.
+would use for its column type: what lands in the database is byte for byte what Core writes,
+except for the parameters a statement names `encoded`, which its caller encodes itself.
 
 Only for statements whose results need no type processing (integers and strings back).
 """
@@ -24,7 +25,7 @@ Processor = Callable[[Any], Any] | None
 
 
 class _Compiled:
-    def __init__(self, stmt: Any, dialect: Dialect) -> None:
+    def __init__(self, stmt: Any, dialect: Dialect, encoded: frozenset[str]) -> None:
         compiled = stmt.compile(dialect=dialect)
         self.sql: str = compiled.string
         self.positional: bool = bool(compiled.positional)
@@ -34,7 +35,7 @@ class _Compiled:
                  if bind.value is not None and not bind.required}
         processors: dict[str, Processor] = {
             name: bind.type.dialect_impl(dialect).bind_processor(dialect)
-            for name, bind in compiled.binds.items()}
+            for name, bind in compiled.binds.items() if name not in encoded}
         # Per parameter, in order: (name, value when the caller gives none, processor).
         self._plan = [(name, fixed.get(name), processors.get(name)) for name in names]
         self._names = names
@@ -48,10 +49,15 @@ class _Compiled:
 
 
 class FastStatement:
-    """`run(session, params)` / `run_many(session, rows)` for one Core statement."""
+    """`run(session, params)` / `run_many(session, rows)` for one Core statement.
 
-    def __init__(self, stmt: Executable) -> None:
+    Parameters named in `encoded` skip their type's bind processor: the caller passes them as
+    the driver takes them (e.g. a JSON column's text, which the statement's SQL still casts
+    where the dialect renders a cast)."""
+
+    def __init__(self, stmt: Executable, *, encoded: tuple[str, ...] = ()) -> None:
         self._stmt = stmt
+        self._encoded = frozenset(encoded)
         self._by_dialect: dict[str, _Compiled] = {}
 
     def _compiled(self, session: Session) -> tuple[_Compiled, Any]:
@@ -59,7 +65,8 @@ class FastStatement:
         dialect = conn.dialect
         compiled = self._by_dialect.get(dialect.name)
         if compiled is None:
-            compiled = self._by_dialect[dialect.name] = _Compiled(self._stmt, dialect)
+            compiled = self._by_dialect[dialect.name] = _Compiled(self._stmt, dialect,
+                                                                 self._encoded)
         return compiled, conn.connection.driver_connection
 
     def run(self, session: Session, params: dict[str, Any] | None = None

@@ -1,0 +1,100 @@
+"""The chain's canonical encoding is pinned, and events read back exactly as they were hashed,
+whichever way their columns were encoded when they were written (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import insert, select, update
+
+from tessera.audit import RequestContext
+from tessera.audit.chain import GENESIS, canonical, chain_hash, hashed_part, ts_text
+from tessera.audit.models import AuditEventRow, AuditHeadRow
+from tessera.audit.service import event_dict
+from tessera.container import Services
+
+RECORD: dict[str, Any] = {
+    "seq": 42, "id": "evt_00112233445566778899", "ts": "2024-05-06T07:08:09.010203Z",
+    "type": "oauth.token.issued", "actor": "idn_a", "subject": "idn_é",
+    "action": "client_credentials", "resource": "https://tessera.test/oauth2/token",
+    "outcome": "success", "reasons": ['r"1', "ü"], "request_id": "req-1",
+    "source": "127.0.0.1", "node_id": "node-1",
+    "data": {"scope": "read", "exp": 1714979289, "jti": "j\n1",
+             "nested": {"b": [1, 2.5, None, True], "a": "日本"},
+             "when": datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)}}
+# Written by the encoding every stored chain was hashed with: changing a byte of it breaks
+# every existing log's verification.
+CANONICAL = (
+    '{"action":"client_credentials","actor":"idn_a","data":{"exp":1714979289,"jti":"j\\n1",'
+    '"nested":{"a":"日本","b":[1,2.5,null,true]},"scope":"read",'
+    '"when":"2024-05-06 07:08:09+00:00"},"id":"evt_00112233445566778899","node_id":"node-1",'
+    '"outcome":"success","reasons":["r\\"1","ü"],"request_id":"req-1",'
+    '"resource":"https://tessera.test/oauth2/token","seq":42,"source":"127.0.0.1",'
+    '"subject":"idn_é","ts":"2024-05-06T07:08:09.010203Z","type":"oauth.token.issued"}'
+).encode()
+HASH = "24951579c4c8c9ba3930eae46156c882bea6eea1c0a5762c0165a79682a60b02"
+
+
+def test_canonical_encoding_is_pinned() -> None:
+    assert canonical(RECORD) == CANONICAL
+    assert chain_hash(GENESIS, RECORD) == HASH
+
+
+def test_event_data_is_normalised_as_it_reads_back(services: Services) -> None:
+    evt = services.audit.event("test.thing.done", data={"z": (1, 2), "a": {"y": 1, "x": "é"},
+                                                        "when": RECORD["data"]["when"]})
+    assert evt["data"] == {"a": {"x": "é", "y": 1}, "when": "2024-05-06 07:08:09+00:00",
+                           "z": [1, 2]}
+    assert list(evt["data"]) == ["a", "when", "z"]
+
+
+def _write_old_way(services: Services, evt: dict[str, Any]) -> None:
+    """Append `evt` as releases before the single-encoding path did: a Core insert, every
+    column encoded by SQLAlchemy's own types."""
+    head = AuditHeadRow.__table__
+    with services.sessions() as s:
+        seq, prev = s.execute(select(head.c.seq, head.c.hash).where(head.c.id == 1)
+                              .with_for_update()).one()
+        seq += 1
+        hashed = hashed_part({**evt, "seq": seq})
+        hashed["ts"] = ts_text(evt["ts"])
+        digest = chain_hash(prev, hashed)
+        columns = AuditEventRow.__table__.c
+        s.execute(insert(AuditEventRow.__table__).values(
+            **{k: v for k, v in evt.items() if k in columns},
+            seq=seq, prev_hash=prev, hash=digest))
+        s.execute(update(head).where(head.c.id == 1).values(seq=seq, hash=digest))
+        s.commit()
+
+
+def test_events_written_before_and_after_read_back_as_hashed(services: Services) -> None:
+    ctx = RequestContext(request_id="r1", source="127.0.0.1")
+    data = {"jti": "j1", "scope": "read write", "exp": 1714979289, "name": "日本",
+            "nested": {"b": [1, 2.5, None], "a": "x"}}
+    old = services.audit.event("test.thing.done", actor="idn_a", subject="idn_é", ctx=ctx,
+                               reasons=["because", "ü"], data=data)
+    _write_old_way(services, old)
+    built = [services.audit.event("oauth.token.issued", actor="idn_a", subject="idn_b",
+                                  ctx=ctx, reasons=r, data={**data, "i": i})
+             for i, r in enumerate([(), ("x",)])]
+    with services.sessions() as s:  # the direct path, in the caller's transaction
+        services.audit.record(s, "test.thing.done", actor="idn_a", data=data)
+        s.commit()
+    from tessera.audit.groupcommit import WriteUnit
+    written = services.audit.commit_unit(WriteUnit(events=built))  # the group committer
+    with services.sessions() as s:
+        report = services.audit.verify(s)
+        rows = list(s.scalars(select(AuditEventRow).order_by(AuditEventRow.seq)))
+    assert report.ok, report.problems
+    assert report.checked == 4
+    for evt, row in zip([old, None, *built], rows):
+        if evt is not None:
+            assert row.data == evt["data"]
+            assert list(row.data) == list(evt["data"])
+            assert row.reasons == evt["reasons"]
+            assert row.ts == evt["ts"]
+    assert written == [event_dict(r) | {"prev_hash": r.prev_hash, "hash": r.hash}
+                       for r in rows[2:]]
+    for row in rows:
+        assert chain_hash(row.prev_hash, event_dict(row)) == row.hash
