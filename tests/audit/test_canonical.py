@@ -12,6 +12,7 @@ from tessera.audit import RequestContext
 from tessera.audit.chain import GENESIS, canonical, chain_hash, hashed_part, ts_text
 from tessera.audit.models import AuditEventRow, AuditHeadRow
 from tessera.audit.service import event_dict
+from tessera.clock import FakeClock
 from tessera.container import Services
 
 RECORD: dict[str, Any] = {
@@ -47,6 +48,17 @@ def test_event_data_is_normalised_as_it_reads_back(services: Services) -> None:
     assert evt["data"] == {"a": {"x": "é", "y": 1}, "when": "2024-05-06 07:08:09+00:00",
                            "z": [1, 2]}
     assert list(evt["data"]) == ["a", "when", "z"]
+
+
+def test_event_ids_follow_time(services: Services, clock: FakeClock) -> None:
+    """Time-ordered, so each insert lands at the right edge of the unique id index (random
+    ids dirtied a different index page per event)."""
+    ids = []
+    for _ in range(3):
+        ids.append(services.audit.event("test.thing.done")["id"])
+        clock.advance(milliseconds=2)
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    assert all(i.startswith("evt_") and len(i) == 24 for i in ids)
 
 
 def _write_old_way(services: Services, evt: dict[str, Any]) -> None:

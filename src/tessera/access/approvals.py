@@ -31,7 +31,7 @@ from tessera.clock import Clock
 from tessera.config import AccessSettings
 from tessera.errors import Conflict, NotFound, Refused
 from tessera.identity import ADMIN_ROLE, IdentityService
-from tessera.identity.service import new_id
+from tessera.ids import new_id
 from tessera.sealing import SecretBox, sha256_hex
 
 REF_PREFIX = "tsr_ap_"

@@ -26,7 +26,7 @@ from tessera.access.schemas import WebhookCreate, WebhookRead
 from tessera.audit import AuditService, RequestContext
 from tessera.audit import events as ev
 from tessera.clock import Clock
-from tessera.identity.service import new_id
+from tessera.ids import new_id
 from tessera.sealing import SecretBox
 
 log = logging.getLogger("tessera.access.webhooks")

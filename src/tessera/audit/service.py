@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import re
-import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +37,7 @@ from tessera.audit.models import AuditCheckpointRow, AuditEventRow, AuditHeadRow
 from tessera.clock import Clock
 from tessera.db.fast import FastStatement
 from tessera.errors import Conflict, ValidationFailed
+from tessera.ids import new_id
 
 log = logging.getLogger("tessera.audit")
 Subscriber = Callable[[list[dict[str, Any]]], None]
@@ -279,7 +279,8 @@ class AuditService:
         An event is not changed once built."""
         ctx = ctx or RequestContext()
         data_json = canonical_text(scrub(data or {}))
-        return {"id": f"evt_{secrets.token_hex(10)}", "ts": self._clock.now(), "type": type,
+        now = self._clock.now()
+        return {"id": new_id("evt", now), "ts": now, "type": type,
                 "actor": actor if actor is not None else ctx.actor, "subject": subject,
                 "action": scrub(action), "resource": scrub(resource), "outcome": outcome,
                 "reasons": [scrub(str(r)) for r in reasons], "request_id": ctx.request_id,

@@ -50,7 +50,7 @@ from tessera.db import make_session_factory
 from tessera.errors import Conflict, NotFound, ValidationFailed
 from tessera.identity import IdentityService
 from tessera.identity.models import GrantRow, IdentityRow
-from tessera.identity.service import new_id
+from tessera.ids import new_id
 
 DEFAULT_SET = "default"
 ADMIN_SET = "admin"

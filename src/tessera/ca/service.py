@@ -27,7 +27,7 @@ from tessera.clock import Clock
 from tessera.config import CASettings
 from tessera.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from tessera.identity import IdentityService
-from tessera.identity.service import new_id
+from tessera.ids import new_id
 from tessera.keys.ports import Signer
 from tessera.keys.service import KeyService
 

@@ -29,7 +29,7 @@ from tessera.federation.mapping import map_claims
 from tessera.federation.models import FederatedIssuerRow
 from tessera.federation.schemas import IssuerCreate, IssuerRead, IssuerUpdate
 from tessera.identity import IdentityService
-from tessera.identity.service import new_id
+from tessera.ids import new_id
 from tessera.jwt_peek import MalformedJWT, peek
 
 # Asymmetric JWS algorithms only: never `none`, never HMAC (RFC 8725 §3.1, §3.2).

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,6 +16,7 @@ from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tessera.ids import new_id
 from tessera.audit import AuditService, RequestContext
 from tessera.audit import events as ev
 from tessera.clock import Clock
@@ -45,11 +45,6 @@ _CLIENT_VIEW = (
     .select_from(IdentityRow.__table__.outerjoin(
         CredentialRow.__table__, (_C.identity_id == _I.id) & (_C.status == "active")))
     .where(_I.id == bindparam("identity_id")))
-
-
-def new_id(prefix: str, now: datetime) -> str:
-    """Time-ordered id: prefix, 12 hex digits of milliseconds, 8 random hex digits."""
-    return f"{prefix}_{int(now.timestamp() * 1000):012x}{secrets.token_hex(4)}"
 
 
 @dataclass

@@ -22,7 +22,7 @@ from tessera.clock import Clock
 from tessera.config import SecretsSettings
 from tessera.errors import AppError, Conflict, NotFound, Refused, ValidationFailed
 from tessera.identity import IdentityService
-from tessera.identity.service import new_id
+from tessera.ids import new_id
 from tessera.sealing import SecretBox
 from tessera.secrets.models import SecretConnectionRow, SecretLeaseRow, SecretTemplateRow
 from tessera.secrets.ports import (
