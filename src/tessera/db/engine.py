@@ -39,6 +39,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             # once per version, which makes each commit ~12 % cheaper (bench/token_path.py).
             cur.execute("PRAGMA wal_autocheckpoint=8000")
             cur.execute("PRAGMA journal_size_limit=67108864")  # truncate the WAL past 64 MB
+            # Temporary tables and indices in memory: the replay cache's INSERT .. RETURNING
+            # made SQLite create, write and unlink a file in /var/tmp for every batch.
+            cur.execute("PRAGMA temp_store=MEMORY")
             cur.close()
 
         # pysqlite's own transaction handling defers BEGIN; take the write lock at BEGIN
