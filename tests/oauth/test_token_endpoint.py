@@ -149,6 +149,8 @@ ATTACKS: dict[str, Callable[[Actor], str]] = {
     "rejects garbage": lambda a: "not.a.jwt",
     "rejects non-JSON payload": lambda a: f"{b64({'alg': 'ES256'})}.bm90IGpzb24.c2ln",
     "rejects string exp": lambda a: a.assertion(exp="soon"),
+    "rejects infinite exp": lambda a: a.assertion(exp=float("inf")),
+    "rejects NaN iat": lambda a: a.assertion(iat=float("nan")),
     # Header rules (RFC 7515 §4.1), each under a valid signature.
     "rejects crit": lambda a: _signed_header(a, crit=["exp"], exp=1),
     "rejects b64 false with crit": lambda a: _signed_header(a, crit=["b64"], b64=False),

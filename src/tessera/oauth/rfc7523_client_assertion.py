@@ -92,7 +92,10 @@ def _int_claim(claims: dict[str, Any], name: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise AssertionRejected(f"{name} is not a number")
-    return int(value)
+    try:
+        return int(value)
+    except (ValueError, OverflowError) as exc:  # NaN and Infinity: json.loads accepts them
+        raise AssertionRejected(f"{name} is not a finite number") from exc
 
 
 class ClientAssertionVerifier:
