@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from functools import lru_cache
+from collections.abc import Set
 from typing import Any
 
 from joserfc import jws
@@ -101,7 +102,7 @@ def _int_claim(claims: dict[str, Any], name: str) -> int | None:
 class ClientAssertionVerifier:
     """Checks a client assertion against the client's registered keys and the replay cache."""
 
-    def __init__(self, clients: ClientStore, replay: ReplayCache, *, audiences: set[str],
+    def __init__(self, clients: ClientStore, replay: ReplayCache, *, audiences: Set[str],
                  max_age: int = 300, leeway: int = 30) -> None:
         self._clients = clients
         self._replay = replay
@@ -157,10 +158,14 @@ class ClientAssertionVerifier:
                                    claims=verified)
 
     def _check_claims(self, claims: dict[str, Any], now: datetime, client_id: str) -> None:
-        ts = now.timestamp()
+        ts = now.timestamp()  # compared with the claims' seconds: no datetime per claim
         aud = claims.get("aud")
-        auds = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
-        if not any(isinstance(a, str) and a in self._audiences for a in auds):
+        if isinstance(aud, str):
+            ours = aud in self._audiences
+        else:
+            ours = isinstance(aud, list) and any(isinstance(a, str) and a in self._audiences
+                                                 for a in aud)
+        if not ours:
             raise AssertionRejected("aud is not this server", client_id)
         exp = _int_claim(claims, "exp")
         iat = _int_claim(claims, "iat")
@@ -182,6 +187,6 @@ class ClientAssertionVerifier:
         if not isinstance(jti, str) or not 0 < len(jti) <= 200:
             raise AssertionRejected("missing or invalid jti", client_id)
         # RFC 7523 §3 item 7: a jti is single-use until the assertion expires.
-        expires = datetime.fromtimestamp(exp, timezone.utc) + timedelta(seconds=self._leeway)
+        expires = datetime.fromtimestamp(exp + self._leeway, timezone.utc)
         if not self._replay.use_once(client_id, jti, expires):
             raise AssertionRejected("jti replayed", client_id)

@@ -45,6 +45,10 @@ def client_from_view(view: ClientView, now: datetime) -> Client:
                   keys=[ClientKey(kid=k.kid, jwk=k.jwk, handle=k) for k in view.keys_at(now)])
 
 
+def _jti_replayed(issuer: str) -> AssertionRejected:
+    return AssertionRejected("jti replayed", issuer)
+
+
 def _keys_with(client: Client, kid: str | None) -> list[ClientKey]:
     return [k for k in client.keys if kid is None or k.kid == kid]
 
@@ -195,6 +199,7 @@ class TokenService:
         self.certificate_bound_tokens = False
         self.token_checks: list[TokenCheck] = []
         self._sessions = sessions
+        self._assertion_audiences = frozenset({self.issuer, self.token_endpoint})
         self.clients: ClientCache | None = None
         if sessions is not None:
             self.clients = ClientCache(make_session_factory(sessions.kw["bind"], readonly=True),
@@ -205,9 +210,8 @@ class TokenService:
         clients: ClientStore = SqlClients(req.session, self._identities) \
             if req.opened is not None or self.clients is None \
             else CachedClients(self.clients, req)
-        replay = req.replay_cache(lambda issuer: AssertionRejected("jti replayed", issuer))
         return ClientAssertionVerifier(
-            clients, replay, audiences={self.issuer, self.token_endpoint},
+            clients, req.replay_cache(_jti_replayed), audiences=self._assertion_audiences,
             max_age=self._settings.assertion_max_age, leeway=self._settings.leeway)
 
     async def handle_async(self, form: dict[str, str], resources: list[str],
