@@ -90,6 +90,8 @@ H, P, S = GOOD.split(".")
 
 NOT_UTF8 = b64u(b'{"a": "' + bytes([0xFF]) + b'"}')
 WITH_BOM = b64u(bytes([0xEF, 0xBB, 0xBF]) + b'{"alg": "ES256"}')
+NAN = b64u(b'{"exp": NaN}')
+DEEP = b64u(b"[" * 3000 + b"]" * 3000)  # json.loads raised RecursionError on this
 NOT_CANONICAL = S[:-1] + ("B" if S[-1] != "B" else "C")  # 86 characters: the last must be AQgw
 TOKEN_CASES: dict[str, str] = {
     "rejects two segments": f"{H}.{P}",
@@ -107,6 +109,8 @@ TOKEN_CASES: dict[str, str] = {
     "rejects a payload that is not UTF-8": f"{H}.{NOT_UTF8}.{S}",
     "rejects a UTF-8 BOM": f"{WITH_BOM}.{P}.{S}",
     "rejects an empty payload": f"{H}..{S}",
+    "rejects a NaN claim": f"{H}.{NAN}.{S}",
+    "rejects deeply nested JSON": f"{H}.{DEEP}.{S}",
     "rejects an oversize header": f"{seg({'alg': 'ES256', 'kid': 'k' * 400})}.{P}.{S}",
     "rejects an oversize signature": f"{H}.{P}.{'A' * 1028}",
 }

@@ -12,9 +12,10 @@ header check on that path.
 from __future__ import annotations
 
 import binascii
-import json
 from collections.abc import Collection
 from typing import Any, NamedTuple
+
+import orjson
 
 SELF_KEYED_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c"})
 # RFC 7515 §4.1: the registered members we accept, each a string (`alg` is also checked
@@ -81,10 +82,13 @@ def peek_compact(token: str, allowed_algs: Collection[str]) -> PeekedJWS:
             or len(signature_segment) > MAX_SIGNATURE_SEGMENT:
         raise MalformedJWT("malformed token")
     try:
-        header = json.loads(_b64url_decode(header_segment).decode("utf-8"))
-        claims = json.loads(_b64url_decode(payload_segment).decode("utf-8"))
+        # orjson: a fifth of json.loads's cost here, and stricter where it differs (UTF-8 only,
+        # no NaN or Infinity, no lone surrogate; nesting too deep is a JSONDecodeError, where
+        # json.loads raised RecursionError).
+        header = orjson.loads(_b64url_decode(header_segment))
+        claims = orjson.loads(_b64url_decode(payload_segment))
         signature = _b64url_decode(signature_segment)
-    except (ValueError, TypeError) as exc:  # binascii.Error and JSON/UTF-8 errors included
+    except (ValueError, TypeError) as exc:  # binascii.Error and orjson's errors included
         raise MalformedJWT("malformed token") from exc
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise MalformedJWT("malformed token")

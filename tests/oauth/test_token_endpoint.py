@@ -159,6 +159,8 @@ ATTACKS: dict[str, Callable[[Actor], str]] = {
     "rejects a non-string kid": lambda a: _signed_header(a, kid=[a.kid]),
     "rejects an unregistered header member": lambda a: _signed_header(a, zip="DEF"),
     "rejects a list alg": lambda a: _signed_header(a, alg=["ES256"]),
+    "rejects deeply nested JSON": lambda a: f"{b64({'alg': 'ES256'})}."
+    f"{base64.urlsafe_b64encode(b'[' * 3000 + b']' * 3000).rstrip(b'=').decode()}.c2ln",
 }
 
 
