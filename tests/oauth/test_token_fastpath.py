@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -355,8 +355,11 @@ def test_refusal_resting_on_a_cached_view_is_rechecked(app_client: TestClient, a
 def test_client_memo_gives_what_a_fresh_build_gives_at_every_instant() -> None:
     """The per-view Client is reused only while no expiry (identity or key) is crossed, in
     either direction, and never for another view of the same client."""
-    t0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
-    minutes = lambda n: t0 + timedelta(minutes=n)  # noqa: E731
+    t0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+    def minutes(n: int) -> datetime:
+        return t0 + timedelta(minutes=n)
+
     view = ClientView("idn_memo", ["read"], [], minutes(20), None, [
         KeyView("c1", "k1", {"kty": "EC"}, None, expires_at=minutes(10)),
         KeyView("c2", "k2", {"kty": "EC"}, None, expires_at=minutes(-5)),

@@ -8,10 +8,10 @@ The precise reason goes to the audit log through `AssertionRejected.reason`.
 from __future__ import annotations
 
 import json
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
-from collections.abc import Set
 from typing import Any
 
 from joserfc import jws
@@ -102,7 +102,7 @@ def _int_claim(claims: dict[str, Any], name: str) -> int | None:
 class ClientAssertionVerifier:
     """Checks a client assertion against the client's registered keys and the replay cache."""
 
-    def __init__(self, clients: ClientStore, replay: ReplayCache, *, audiences: Set[str],
+    def __init__(self, clients: ClientStore, replay: ReplayCache, *, audiences: AbstractSet[str],
                  max_age: int = 300, leeway: int = 30) -> None:
         self._clients = clients
         self._replay = replay
