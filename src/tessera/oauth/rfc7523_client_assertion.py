@@ -95,7 +95,7 @@ def _int_claim(claims: dict[str, Any], name: str) -> int | None:
         raise AssertionRejected(f"{name} is not a number")
     try:
         return int(value)
-    except (ValueError, OverflowError) as exc:  # NaN and Infinity: json.loads accepts them
+    except (ValueError, OverflowError) as exc:  # NaN, Infinity (peek_compact refuses them too)
         raise AssertionRejected(f"{name} is not a finite number") from exc
 
 
