@@ -243,25 +243,35 @@ def test_jti_batch_insert_reports_exactly_the_uses_that_won(services: Services) 
 
     exp = services.clock.now() + timedelta(minutes=5)
     replayed = [RuntimeError(f"replay {i}") for i in range(7)]
+
+    built: list[tuple[int, str]] = []
+
+    def refusal(i: int) -> Callable[[str], Exception]:
+        def build(issuer: str) -> Exception:
+            built.append((i, issuer))
+            return replayed[i]
+        return build
+
     with services.sessions() as s:
-        assert use_jtis(s, [(0, [("iss", "j-old", exp, replayed[0])])]) == {}
+        assert use_jtis(s, [(0, [("iss", "j-old", exp, refusal(0))])]) == {}
         s.commit()
     rows = deferred._JTI_INSERTS[services.engine.dialect.name]
     rows._max = 2  # force several chunks
     try:
         with services.sessions() as s:
             refused = use_jtis(s, [
-                (0, [("iss", "j-1", exp, replayed[0])]),
-                (1, [("iss", "j-old", exp, replayed[1])]),  # stored earlier
-                (2, [("iss", "j-2", exp, replayed[2])]),
-                (3, [("iss", "j-1", exp, replayed[3])]),  # claimed by unit 0
-                (4, [("other", "j-1", exp, replayed[4])]),  # another issuer: its own jti
-                (5, [("iss", "j-3", exp, replayed[5])]),
+                (0, [("iss", "j-1", exp, refusal(0))]),
+                (1, [("iss", "j-old", exp, refusal(1))]),  # stored earlier
+                (2, [("iss", "j-2", exp, refusal(2))]),
+                (3, [("iss", "j-1", exp, refusal(3))]),  # claimed by unit 0
+                (4, [("other", "j-1", exp, refusal(4))]),  # another issuer: its own jti
+                (5, [("iss", "j-3", exp, refusal(5))]),
             ])
             s.commit()
     finally:
         rows._max = 256
     assert refused == {1: replayed[1], 3: replayed[3]}
+    assert sorted(built) == [(1, "iss"), (3, "iss")]  # built for the losers only
     with services.sessions() as s:
         stored = set(s.execute(text("SELECT issuer, jti FROM used_jtis")).all())
     assert stored == {("iss", "j-old"), ("iss", "j-1"), ("iss", "j-2"), ("other", "j-1"),

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.jwk import ECKey, KeySet
 
 from tessera.clock import FakeClock
@@ -114,6 +115,17 @@ def _embedded_jwk(agent: Actor) -> str:
     return jwt.encode({"alg": "ES256", "jwk": attacker.as_dict(private=False)}, claims, attacker)
 
 
+def _signed_header(agent: Actor, **header: Any) -> str:
+    """A correctly signed assertion under a header that must be refused (made by hand: joserfc
+    refuses to sign these headers). The signature is valid, so only the header rules stop it."""
+    now = int(time.time())
+    claims = {"iss": agent.id, "sub": agent.id, "aud": TOKEN_ENDPOINT, "iat": now,
+              "exp": now + 60, "jti": f"hdr-{secrets.token_hex(4)}"}
+    signing_input = f"{b64({'alg': 'ES256', 'kid': agent.kid, **header})}.{b64(claims)}"
+    sig = jws.JWSRegistry.algorithms["ES256"].sign(signing_input.encode(), agent.key)
+    return f"{signing_input}.{base64.urlsafe_b64encode(sig).rstrip(b'=').decode()}"
+
+
 ATTACKS: dict[str, Callable[[Actor], str]] = {
     "rejects alg none": _alg_none,
     "rejects HS256 signed with the public key": _hs256_with_public_key,
@@ -137,6 +149,18 @@ ATTACKS: dict[str, Callable[[Actor], str]] = {
     "rejects garbage": lambda a: "not.a.jwt",
     "rejects non-JSON payload": lambda a: f"{b64({'alg': 'ES256'})}.bm90IGpzb24.c2ln",
     "rejects string exp": lambda a: a.assertion(exp="soon"),
+    "rejects infinite exp": lambda a: a.assertion(exp=float("inf")),
+    "rejects NaN iat": lambda a: a.assertion(iat=float("nan")),
+    # Header rules (RFC 7515 §4.1), each under a valid signature.
+    "rejects crit": lambda a: _signed_header(a, crit=["exp"], exp=1),
+    "rejects b64 false with crit": lambda a: _signed_header(a, crit=["b64"], b64=False),
+    "rejects b64 false": lambda a: _signed_header(a, b64=False),
+    "rejects a non-string typ": lambda a: _signed_header(a, typ=1),
+    "rejects a non-string kid": lambda a: _signed_header(a, kid=[a.kid]),
+    "rejects an unregistered header member": lambda a: _signed_header(a, zip="DEF"),
+    "rejects a list alg": lambda a: _signed_header(a, alg=["ES256"]),
+    "rejects deeply nested JSON": lambda a: f"{b64({'alg': 'ES256'})}."
+    f"{base64.urlsafe_b64encode(b'[' * 3000 + b']' * 3000).rstrip(b'=').decode()}.c2ln",
 }
 
 

@@ -7,9 +7,10 @@ the answer is the one the database gives.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -23,7 +24,9 @@ from tessera.clock import FakeClock
 from tessera.container import Services
 from tessera.identity.models import IdentityRow
 from tessera.identity.schemas import CredentialCreate, IdentityUpdate
+from tessera.identity.service import ClientView, KeyView
 from tessera.oauth.deferred import HOOK_REPLAY, StaleClient
+from tessera.oauth.service import ClientMemo, client_from_view
 from tests.conftest import Actor, make_services
 
 
@@ -183,7 +186,7 @@ def test_replayed_jti_within_one_batch_is_refused(services: Services, agent: Act
     units = []
     for _ in range(2):
         unit = WriteUnit(events=[services.audit.event("oauth.token.issued", actor=agent.id)])
-        unit.add(HOOK_REPLAY, (agent.id, "same-jti", expires, RuntimeError("replayed")))
+        unit.add(HOOK_REPLAY, (agent.id, "same-jti", expires, RuntimeError))
         units.append(unit)
     with services.sessions() as s:
         first, second = services.audit.apply_units(s, units)
@@ -347,3 +350,26 @@ def test_refusal_resting_on_a_cached_view_is_rechecked(app_client: TestClient, a
     resp = app_client.post("/oauth2/token", data={**agent.form(), "scope": "write"})
     assert resp.status_code == 400 and resp.json()["error"] == "invalid_scope"
     assert authentications == ["authenticate", "authenticate"]
+
+
+def test_client_memo_gives_what_a_fresh_build_gives_at_every_instant() -> None:
+    """The per-view Client is reused only while no expiry (identity or key) is crossed, in
+    either direction, and never for another view of the same client."""
+    t0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+    def minutes(n: int) -> datetime:
+        return t0 + timedelta(minutes=n)
+
+    view = ClientView("idn_memo", ["read"], [], minutes(20), None, [
+        KeyView("c1", "k1", {"kty": "EC"}, None, expires_at=minutes(10)),
+        KeyView("c2", "k2", {"kty": "EC"}, None, expires_at=minutes(-5)),
+        KeyView("c3", "k3", {"kty": "EC"}, None)])
+    memo = ClientMemo()
+    for n in (0, 1, -6, -5, -4, 9, 10, 11, 19, 20, 30, 0, -60):
+        for now in (minutes(n), minutes(n) - timedelta(microseconds=1)):
+            assert memo.client(view, now) == client_from_view(view, now), (n, now)
+    assert memo.client(view, minutes(1)) is memo.client(view, minutes(2))  # one span, one build
+    assert memo.client(view, minutes(9)) is not memo.client(view, minutes(11))
+    suspended = dataclasses.replace(view, status="suspended")
+    assert memo.client(suspended, minutes(2)).usable is False
+    assert memo.client(view, minutes(2)).usable is True

@@ -40,7 +40,9 @@ from tessera.identity.service import ClientView
 from tessera.oauth.models import UsedJTIRow
 
 HOOK_REV = "identity.rev"  # intents: (identity id, rev the request relied on)
-HOOK_REPLAY = "oauth.replay"  # intents: (issuer, jti, expires_at, exception if replayed)
+# intents: (issuer, jti, expires_at, replayed): `replayed(issuer)` builds the refusal, only
+# for a use that lost (building an exception per request costs more than the rest of the use).
+HOOK_REPLAY = "oauth.replay"
 HOOK_SQL = "sql"  # intents: (statement, params), e.g. the usage stamps
 
 
@@ -101,7 +103,7 @@ class DeferredReplay:
         self._replayed = replayed
 
     def use_once(self, issuer: str, jti: str, expires_at: datetime) -> bool:
-        self._unit.add(HOOK_REPLAY, (issuer, jti, expires_at, self._replayed(issuer)))
+        self._unit.add(HOOK_REPLAY, (issuer, jti, expires_at, self._replayed))
         return True
 
 
@@ -159,19 +161,20 @@ def use_jtis(session: Session, items: list[tuple[int, list[Any]]]) -> dict[int, 
     """Insert every jti of the batch in one statement; a unit loses when any of its jtis was
     already stored or was claimed by an earlier unit of the same batch."""
     refused: dict[int, Exception] = {}
-    owner: dict[tuple[str, str], tuple[int, Exception]] = {}
+    owner: dict[tuple[str, str], tuple[int, Callable[[str], Exception]]] = {}
     rows = []
     for index, intents in items:
         for issuer, jti, expires_at, replayed in intents:
             if (issuer, jti) in owner:
-                refused.setdefault(index, replayed)
+                if index not in refused:
+                    refused[index] = replayed(issuer)
                 continue
             owner[(issuer, jti)] = (index, replayed)
             rows.append({"issuer": issuer, "jti": jti, "expires_at": expires_at})
     inserted = insert_jtis(session, rows) if rows else set()
     for key, (index, replayed) in owner.items():
-        if key not in inserted:
-            refused.setdefault(index, replayed)
+        if key not in inserted and index not in refused:
+            refused[index] = replayed(key[0])
     return refused
 
 

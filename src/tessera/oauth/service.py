@@ -45,6 +45,52 @@ def client_from_view(view: ClientView, now: datetime) -> Client:
                   keys=[ClientKey(kid=k.kid, jwk=k.jwk, handle=k) for k in view.keys_at(now)])
 
 
+def _constant_span(view: ClientView, now: datetime
+                   ) -> tuple[datetime | None, datetime | None]:
+    """[since, until): the instants around `now` at which `client_from_view(view, _)` gives
+    what it gives at `now`. Its `usable` and `keys` change only where an expiry (`> now`, of
+    the identity or of a key) is crossed: since the latest one passed, until the next one."""
+    since: datetime | None = None
+    until: datetime | None = None
+    for expires in (view.expires_at, *(k.expires_at for k in view.keys)):
+        if expires is None:
+            continue
+        if expires > now:
+            if until is None or expires < until:
+                until = expires
+        elif since is None or expires > since:
+            since = expires
+    return since, until
+
+
+class ClientMemo:
+    """`client_from_view` results, reused for as long as their view is the one cached and the
+    request's `now` is in their constant span: the same Client a fresh call would build, built
+    once per view instead of per request. (Clients are read, never mutated, by the protocol
+    code, so one may be shared by concurrent requests, as the view under it already is.)"""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._max = max_entries
+        self._entries: dict[str, tuple[ClientView, datetime | None, datetime | None, Client]] \
+            = {}
+
+    def client(self, view: ClientView, now: datetime) -> Client:
+        entry = self._entries.get(view.id)
+        if entry is not None and entry[0] is view and (entry[1] is None or entry[1] <= now) \
+                and (entry[2] is None or now < entry[2]):
+            return entry[3]
+        client = client_from_view(view, now)
+        since, until = _constant_span(view, now)
+        if len(self._entries) >= self._max and view.id not in self._entries:
+            self._entries.clear()
+        self._entries[view.id] = (view, since, until, client)
+        return client
+
+
+def _jti_replayed(issuer: str) -> AssertionRejected:
+    return AssertionRejected("jti replayed", issuer)
+
+
 def _keys_with(client: Client, kid: str | None) -> list[ClientKey]:
     return [k for k in client.keys if kid is None or k.kid == kid]
 
@@ -68,9 +114,10 @@ class CachedClients:
     """ClientStore over this node's `ClientCache`; each view used is checked at commit (its
     rev goes into the request's unit)."""
 
-    def __init__(self, cache: ClientCache, req: TokenRequest) -> None:
+    def __init__(self, cache: ClientCache, req: TokenRequest, memo: ClientMemo) -> None:
         self._cache = cache
         self._req = req
+        self._memo = memo
 
     def find_client(self, client_id: str) -> Client | None:
         view = self._cache.get(client_id, fresh=self._req.fresh, io=self._req.io)
@@ -78,7 +125,7 @@ class CachedClients:
             return None
         self._req.cached = True
         self._req.unit.add(HOOK_REV, (view.id, view.rev))
-        return client_from_view(view, self._req.now)
+        return self._memo.client(view, self._req.now)
 
     def client_keys(self, client: Client, kid: str | None) -> list[ClientKey]:
         return _keys_with(client, kid)
@@ -195,7 +242,9 @@ class TokenService:
         self.certificate_bound_tokens = False
         self.token_checks: list[TokenCheck] = []
         self._sessions = sessions
+        self._assertion_audiences = frozenset({self.issuer, self.token_endpoint})
         self.clients: ClientCache | None = None
+        self._client_memo = ClientMemo()
         if sessions is not None:
             self.clients = ClientCache(make_session_factory(sessions.kw["bind"], readonly=True),
                                        identities)
@@ -204,10 +253,9 @@ class TokenService:
     def verifier(self, req: TokenRequest) -> ClientAssertionVerifier:
         clients: ClientStore = SqlClients(req.session, self._identities) \
             if req.opened is not None or self.clients is None \
-            else CachedClients(self.clients, req)
-        replay = req.replay_cache(lambda issuer: AssertionRejected("jti replayed", issuer))
+            else CachedClients(self.clients, req, self._client_memo)
         return ClientAssertionVerifier(
-            clients, replay, audiences={self.issuer, self.token_endpoint},
+            clients, req.replay_cache(_jti_replayed), audiences=self._assertion_audiences,
             max_age=self._settings.assertion_max_age, leeway=self._settings.leeway)
 
     async def handle_async(self, form: dict[str, str], resources: list[str],
