@@ -103,9 +103,14 @@ def serve(data_dir: DataDir = None,
         tls = tls_options(settings, tls_cert, tls_key, tls_client_ca, tls_require_client_cert)
         if not settings.issuer:
             os.environ["TESSERA_ISSUER"] = f"https://{settings.host}:{settings.port}"
-    uvicorn.run("tessera.api.app:create_app", factory=True, host=settings.host,
-                port=settings.port, workers=workers, log_level=log_level,
-                server_header=False, **tls)
+    options = {"host": settings.host, "port": settings.port, "log_level": log_level,
+               "server_header": False, **tls}
+    from tessera import serving
+
+    if workers > 1 and serving.available():
+        # One socket per worker (SO_REUSEPORT): connections spread evenly (tessera.serving).
+        raise typer.Exit(serving.Supervisor(options, workers).run())
+    uvicorn.run(serving.APP, factory=True, workers=workers, **options)
 
 
 def tls_options(settings: Settings, cert: Path | None, key: Path | None,
