@@ -91,7 +91,7 @@ H, P, S = GOOD.split(".")
 NOT_UTF8 = b64u(b'{"a": "' + bytes([0xFF]) + b'"}')
 WITH_BOM = b64u(bytes([0xEF, 0xBB, 0xBF]) + b'{"alg": "ES256"}')
 NAN = b64u(b'{"exp": NaN}')
-DEEP = b64u(b"[" * 3000 + b"]" * 3000)  # json.loads raised RecursionError on this
+DEEP = b64u(b'{"a":' + b"[" * 3000 + b"]" * 3000 + b"}")  # json.loads: RecursionError
 NOT_CANONICAL = S[:-1] + ("B" if S[-1] != "B" else "C")  # 86 characters: the last must be AQgw
 TOKEN_CASES: dict[str, str] = {
     "rejects two segments": f"{H}.{P}",
@@ -102,7 +102,7 @@ TOKEN_CASES: dict[str, str] = {
     "rejects a non-canonical last character": f"{H}.{P}.{NOT_CANONICAL}",
     "rejects whitespace": f"{H}.{P}.{S[:4]} {S[4:]}",
     "rejects a segment of 4n+1 characters": f"{H}.{P}.{S}AAA",
-    "rejects non-ASCII": f"{H}.{P}.{S[:-1]}\u00e9",
+    "rejects non-ASCII": f"{H}.{P}.{S[:4]}\u00e9{S[5:]}",
     "rejects a header that is not an object": f"{seg(['alg'])}.{P}.{S}",
     "rejects a payload that is not an object": f"{H}.{seg(['iss'])}.{S}",
     "rejects a payload that is not JSON": f"{H}.{b64u(b'not json')}.{S}",

@@ -6,12 +6,14 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+import pytest
 from sqlalchemy import insert, select, update
 
 from tessera.audit import RequestContext
 from tessera.audit.chain import GENESIS, canonical, chain_hash, hashed_part, ts_text
 from tessera.audit.models import AuditEventRow, AuditHeadRow
-from tessera.audit.service import event_dict
+from tessera.audit.groupcommit import WriteUnit
+from tessera.audit.service import DATA_JSON, event_dict
 from tessera.clock import FakeClock
 from tessera.container import Services
 
@@ -58,7 +60,7 @@ def test_event_ids_follow_time(services: Services, clock: FakeClock) -> None:
         ids.append(services.audit.event("test.thing.done")["id"])
         clock.advance(milliseconds=2)
     assert ids == sorted(ids) and len(set(ids)) == 3
-    assert all(i.startswith("evt_") and len(i) == 24 for i in ids)
+    assert all(i.startswith("evt_") and len(i) == 36 for i in ids)  # 12 + 20 hex digits
 
 
 def _write_old_way(services: Services, evt: dict[str, Any]) -> None:
@@ -93,7 +95,6 @@ def test_events_written_before_and_after_read_back_as_hashed(services: Services)
     with services.sessions() as s:  # the direct path, in the caller's transaction
         services.audit.record(s, "test.thing.done", actor="idn_a", data=data)
         s.commit()
-    from tessera.audit.groupcommit import WriteUnit
     written = services.audit.commit_unit(WriteUnit(events=built))  # the group committer
     with services.sessions() as s:
         report = services.audit.verify(s)
@@ -110,3 +111,25 @@ def test_events_written_before_and_after_read_back_as_hashed(services: Services)
                        for r in rows[2:]]
     for row in rows:
         assert chain_hash(row.prev_hash, event_dict(row)) == row.hash
+
+
+def test_data_the_chain_cannot_hash_fails_its_caller(services: Services) -> None:
+    """A lone surrogate cannot be encoded: refused when the event is built (failing one
+    request), not in the committer (failing every request of its batch)."""
+    with pytest.raises(ValueError):
+        services.audit.event("test.thing.done", data={"name": "\ud800"})
+
+
+def test_data_replaced_after_building_is_stored_as_replaced(services: Services) -> None:
+    """The kept JSON text serves only while `data` is the object it was decoded into."""
+    evt = services.audit.event("oauth.token.issued", actor="idn_a", data={"jti": "j1"})
+    evt["data"] = {"jti": "j2"}
+    bare = {k: v for k, v in services.audit.event("oauth.token.issued", actor="idn_b").items()
+            if k != DATA_JSON}
+    bare["data"] = None  # an event made without `event`: JSON null, as SQLAlchemy stored it
+    services.audit.commit_unit(WriteUnit(events=[evt, bare]))
+    with services.sessions() as s:
+        report = services.audit.verify(s)
+        rows = list(s.scalars(select(AuditEventRow).order_by(AuditEventRow.seq.desc()).limit(2)))
+    assert report.ok, report.problems
+    assert [rows[1].data, rows[0].data] == [{"jti": "j2"}, None]

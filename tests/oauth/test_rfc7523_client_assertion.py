@@ -13,7 +13,12 @@ from joserfc import jws
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from tessera.jwt_peek import peek_compact
-from tessera.oauth.rfc7523_client_assertion import ASSERTION_ALGS, verify_signature
+from tessera.oauth.rfc7523_client_assertion import (
+    ASSERTION_ALGS,
+    AssertionRejected,
+    _int_claim,
+    verify_signature,
+)
 
 RSA = RSAKey.generate_key(2048, private=True)
 RSA_OTHER = RSAKey.generate_key(2048, private=True)
@@ -78,3 +83,13 @@ def test_refuses_an_algorithm_the_header_does_not_name() -> None:
     assert verify_signature(peeked, "ES256", key)
     assert not verify_signature(peeked, "ES384", key)
     assert not verify_signature(peeked, "HS256", key)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_time_claim_is_refused_not_raised(value: float) -> None:
+    """peek_compact's JSON parser refuses NaN and Infinity already; claims reaching the check
+    another way must still be refused as invalid_client, not raise from int() (a 500)."""
+    with pytest.raises(AssertionRejected) as refused:
+        _int_claim({"exp": value}, "exp")
+    assert refused.value.reason == "exp is not a finite number"
+    assert refused.value.error == "invalid_client"

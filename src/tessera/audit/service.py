@@ -144,10 +144,11 @@ class EventQuery:
     request_id: str | None = None
 
 
-def _json_text(value: Any) -> str | None:
-    """A JSON column's value as the canonical text (None stays NULL)."""
+def _json_text(value: Any) -> str:
+    """A JSON column's value as the canonical text (None as JSON null, as SQLAlchemy's JSON
+    type stores it)."""
     if value is None:
-        return None
+        return "null"
     return "[]" if value == [] else canonical_text(value)
 
 
@@ -274,18 +275,23 @@ class AuditService:
               ctx: RequestContext | None = None,
               data: dict[str, Any] | None = None) -> dict[str, Any]:
         """An event as `record` writes it, for `record_built` or a `WriteUnit`: `data` as it
-        reads back (its canonical JSON decoded), and that JSON text under `DATA_JSON`, which
-        is what the `data` column stores (one encoding of the data, not one more per write).
-        An event is not changed once built."""
+        reads back (its canonical JSON decoded), and under `DATA_JSON` that object with its
+        JSON text, which the `data` column stores (one encoding of the data, not one more per
+        write) as long as the event's `data` is still that object. Raises ValueError for data
+        the chain cannot hash."""
         ctx = ctx or RequestContext()
         data_json = canonical_text(scrub(data or {}))
+        data_json.encode()  # text the chain cannot hash (a lone surrogate) fails here, not
+        # in the committer, where it would fail every request of the batch
+        decoded = json.loads(data_json)
         now = self._clock.now()
-        return {"id": new_id("evt", now), "ts": now, "type": type,
+        # 80 random bits: events are made thousands of times a second, on several nodes.
+        return {"id": new_id("evt", now, 10), "ts": now, "type": type,
                 "actor": actor if actor is not None else ctx.actor, "subject": subject,
                 "action": scrub(action), "resource": scrub(resource), "outcome": outcome,
                 "reasons": [scrub(str(r)) for r in reasons], "request_id": ctx.request_id,
                 "source": ctx.source, "node_id": self._node_id,
-                "data": json.loads(data_json), DATA_JSON: data_json}
+                "data": decoded, DATA_JSON: (decoded, data_json)}
 
     def record(self, session: Session, type: str, *, outcome: str = "success",
                actor: str | None = None, subject: str | None = None, action: str | None = None,
@@ -322,7 +328,9 @@ class AuditService:
             digest = chain_hash(prev, out)
             # The JSON columns store the canonical text (SQLAlchemy's JSON type would encode
             # the same values once more, differently spaced): they read back as hashed.
-            data_json = evt.get(DATA_JSON)
+            # The text `event` kept, as long as `data` is still the object decoded from it.
+            kept = evt.get(DATA_JSON)
+            data_json = kept[1] if kept is not None and kept[0] is evt["data"] else None
             rows.append({**evt, "seq": seq, "prev_hash": prev, "hash": digest,
                          "data": _json_text(out["data"]) if data_json is None else data_json,
                          "reasons": _json_text(out["reasons"])})
