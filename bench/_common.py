@@ -1,12 +1,15 @@
-"""Helpers shared by the benchmarks: percentiles, process CPU from /proc, free ports."""
+"""Helpers shared by the benchmarks: percentiles, process CPU from /proc, free ports, scratch
+PostgreSQL databases."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -119,3 +122,22 @@ async def drive_raw(host: str, port: int, requests: list[bytes], concurrency: in
 
     await asyncio.gather(*(connection() for _ in range(concurrency)))
     return latencies
+
+
+@contextmanager
+def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
+    """The URL of a new, empty database on the PostgreSQL server of `server_url` (any
+    database on it), dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(server_url.replace("postgresql://", "postgresql+psycopg://", 1),
+                          isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(3)}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield server_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet
-from sqlalchemy import Column, Integer, MetaData, String, Table, Text, create_engine, text
+from sqlalchemy import Column, Integer, MetaData, String, Table, Text
 
+from _common import scratch_database  # bench/ is the script's directory
 from tessera.clock import SystemClock
 from tessera.config import Settings
 from tessera.container import Services, build
@@ -51,17 +52,8 @@ def database(backend: str) -> Iterator[str]:
         with tempfile.TemporaryDirectory() as d:
             yield f"sqlite:///{Path(d) / 'bench.db'}"
         return
-    admin = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1),
-                          isolation_level="AUTOCOMMIT")
-    name = f"tessera_bench_{os.getpid()}_{secrets.token_hex(3)}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(PG_URL, "tessera_bench") as scratch:
+        yield scratch
 
 
 def make(url: str, tmp: Path, *, group: bool) -> Services:

@@ -48,8 +48,9 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, delete, select, text, update
+from sqlalchemy import delete, select, update
 
+from _common import scratch_database  # bench/ is the script's directory
 from tessera.audit import RequestContext
 from tessera.audit import events as ev
 from tessera.audit.groupcommit import WriteUnit
@@ -69,17 +70,8 @@ def database(url: str | None, tmp: Path) -> Iterator[str | None]:
     if url is None:
         yield None
         return
-    admin = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1),
-                          isolation_level="AUTOCOMMIT")
-    name = f"tessera_bench_monitor_{os.getpid()}_{secrets.token_hex(3)}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(url, "tessera_bench_monitor") as scratch:
+        yield scratch
 
 
 def prepare(data_dir: Path, database_url: str | None, agents: int, clock: FakeClock
