@@ -84,12 +84,9 @@ class Baseline:
         """The learning period is over: enough time and enough events."""
         return self.events >= min_events and now - self.first_seen >= learning_seconds
 
-    def active_hours(self) -> set[int]:
-        total = sum(self.hours) or 1
-        return {h for h, n in enumerate(self.hours) if n / total >= ACTIVE_SHARE}
-
     def hour_active(self, hour: int, total: int) -> bool:
-        """`hour in active_hours()`, given `total = sum(hours) or 1`, without the set."""
+        """The hour of the day holds at least `ACTIVE_SHARE` of the events learnt, given
+        `total = sum(hours) or 1` (the caller's, so a check of several hours sums once)."""
         return self.hours[hour] / total >= ACTIVE_SHARE
 
     def roll_minute(self, minute: int) -> None:

@@ -8,9 +8,7 @@ the same finding during a cooldown, raises the identity's risk, and then learns 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from tessera.monitor.baseline import Baseline, Event, network_of
@@ -81,53 +79,36 @@ class RiskBook:
         return new
 
 
-def event_from_audit(rec: dict[str, Any]) -> Event | None:
-    """The monitor's view of an audit record; None for events no identity performed."""
-    ts = rec["ts"]
-    if isinstance(ts, str):
-        ts = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    return _event(rec.get("seq"), ts, rec.get("type"), rec.get("actor"), rec.get("subject"),
-                  rec.get("outcome"), rec.get("action"), rec.get("resource"),
-                  rec.get("source"), rec.get("data"))
-
-
 def event_from_row(row: Any) -> Event | None:
-    """`event_from_audit` for a row of `AuditService.read_stream` (its `ts` a datetime)."""
-    return _event(row.seq, row.ts, row.type, row.actor, row.subject, row.outcome, row.action,
-                  row.resource, row.source, row.data)
-
-
-def _event(seq: Any, ts: datetime, type: Any, actor: Any, subject: Any, outcome: Any,
-           action: Any, resource: Any, source: Any, data: Any) -> Event | None:
-    identity = subject if type in REFRESH_REUSE_TYPES else actor or subject
-    if not identity or identity == MONITOR_ACTOR or str(type or "").startswith(
-            IGNORED_PREFIXES) or type in UNATTRIBUTED:
+    """The monitor's view of an event of `AuditService.read_stream`; None for events no
+    identity performed."""
+    type = row.type
+    identity = row.subject if type in REFRESH_REUSE_TYPES else row.actor or row.subject
+    if not identity or identity == MONITOR_ACTOR or type.startswith(IGNORED_PREFIXES) or \
+            type in UNATTRIBUTED:
         return None
-    data = data or {}
+    data = row.data or {}
     # Positional: Event's field order (keywords cost twice as much, once per event).
-    return Event(int(seq or 0), ts.timestamp(), str(type), str(identity),
-                 str(outcome or "success"), action, resource, source,
+    return Event(row.seq, row.ts.timestamp(), type, identity, row.outcome or "success",
+                 row.action, row.resource, row.source,
                  data.get("kid") or data.get("credential"), data)
 
 
 class Monitor:
     def __init__(self, config: MonitorConfig | None = None,
-                 detectors: list[Detector] | None = None,
-                 loader: Callable[[str], Baseline | None] | None = None) -> None:
+                 detectors: list[Detector] | None = None) -> None:
         self.config = config or MonitorConfig()
         self.detectors = detectors if detectors is not None else default_detectors()
         self.risk = RiskBook(self.config.half_life)
         self.baselines: dict[str, Baseline] = {}
         self.dirty: set[str] = set()
-        self.loader = loader
         self._last_alert: dict[tuple[str, str, str], float] = {}
         self._first_use: dict[str, list[float]] = {}
 
     def baseline(self, identity: str) -> Baseline:
         b = self.baselines.get(identity)
         if b is None:
-            b = (self.loader(identity) if self.loader else None) or Baseline(identity)
-            self.baselines[identity] = b
+            b = self.baselines[identity] = Baseline(identity)
         return b
 
     def _fold(self, e: Event, f: Finding) -> bool:
