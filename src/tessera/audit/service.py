@@ -86,9 +86,16 @@ _LOCK_HEAD = FastStatement(select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id ==
 _INSERT_EVENTS = FastStatement(insert(AuditEventRow.__table__), encoded=("data", "reasons"))
 # The key under which `event` keeps the canonical JSON text of the event's `data`.
 DATA_JSON = "data_json"
-_EVENTS_AFTER = select(AuditEventRow.__table__).where(
-    AuditEventRow.__table__.c.seq > bindparam("after")).order_by(
-    AuditEventRow.__table__.c.seq).limit(bindparam("batch"))
+
+
+def _after(*columns: Any) -> Any:
+    """`columns` of up to :batch events after sequence number :after, in order."""
+    seq = AuditEventRow.__table__.c.seq
+    return select(*columns).where(seq > bindparam("after")).order_by(seq).limit(
+        bindparam("batch"))
+
+
+_EVENTS_AFTER = _after(AuditEventRow.__table__)
 
 
 class StreamEvent(NamedTuple):
@@ -108,9 +115,7 @@ class StreamEvent(NamedTuple):
     data: dict[str, Any]
 
 
-_STREAM_AFTER = select(*(AuditEventRow.__table__.c[name] for name in StreamEvent._fields)).where(
-    AuditEventRow.__table__.c.seq > bindparam("after")).order_by(
-    AuditEventRow.__table__.c.seq).limit(bindparam("batch"))
+_STREAM_AFTER = _after(*(AuditEventRow.__table__.c[name] for name in StreamEvent._fields))
 _MOVE_HEAD = FastStatement(update(_HEAD).where(_HEAD.c.id == 1).values(
     seq=bindparam("new_seq"), hash=bindparam("new_hash")))
 
@@ -142,14 +147,6 @@ class EventQuery:
     since: datetime | None = None
     until: datetime | None = None
     request_id: str | None = None
-
-
-def _json_text(value: Any) -> str:
-    """A JSON column's value as the canonical text (None as JSON null, as SQLAlchemy's JSON
-    type stores it)."""
-    if value is None:
-        return "null"
-    return "[]" if value == [] else canonical_text(value)
 
 
 def row_dict(row: AuditEventRow) -> dict[str, Any]:
@@ -327,13 +324,14 @@ class AuditService:
             out["ts"] = ts_text(evt["ts"])
             digest = chain_hash(prev, out)
             # The JSON columns store the canonical text (SQLAlchemy's JSON type would encode
-            # the same values once more, differently spaced): they read back as hashed.
-            # The text `event` kept, as long as `data` is still the object decoded from it.
+            # the same values once more, differently spaced; None is JSON null either way), so
+            # they read back as hashed: for `data`, the text `event` kept, as long as `data`
+            # is still the object decoded from it.
             kept = evt.get(DATA_JSON)
-            data_json = kept[1] if kept is not None and kept[0] is evt["data"] else None
+            data_json = kept[1] if kept is not None and kept[0] is evt["data"] \
+                else canonical_text(out["data"])
             rows.append({**evt, "seq": seq, "prev_hash": prev, "hash": digest,
-                         "data": _json_text(out["data"]) if data_json is None else data_json,
-                         "reasons": _json_text(out["reasons"])})
+                         "data": data_json, "reasons": canonical_text(out["reasons"])})
             out["prev_hash"], out["hash"] = prev, digest
             written.append(out)
             prev = digest

@@ -16,12 +16,12 @@ from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tessera.ids import new_id
 from tessera.audit import AuditService, RequestContext
 from tessera.audit import events as ev
 from tessera.clock import Clock
 from tessera.db.invalidation import USAGE_STAMP
 from tessera.errors import Conflict, NotFound, ValidationFailed
+from tessera.ids import new_id
 from tessera.identity.jwk_policy import validate_public_jwk
 from tessera.identity.models import CredentialRow, GrantRow, IdentityRow
 from tessera.identity.schemas import (SCOPE_TOKEN, CredentialCreate, CredentialRead,
@@ -411,8 +411,9 @@ class IdentityService:
     def touch_statements(self, client: ClientView, key: KeyView
                          ) -> list[tuple[Any, dict[str, Any]]]:
         """Record use: the usage-stamp updates due now (at most one a minute per row, to keep
-        the hot path light), as statements to run in whichever transaction commits the token. The views are stamped at once, so
-        concurrent requests on a cached view do not repeat them."""
+        the hot path light), as statements to run in whichever transaction commits the token.
+        The views are stamped at once, so concurrent requests on a cached view do not repeat
+        them."""
         now = self._clock.now()
         stale = timedelta(seconds=60)
         out: list[tuple[Any, dict[str, Any]]] = []

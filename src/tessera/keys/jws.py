@@ -19,10 +19,6 @@ _HEADERS: dict[tuple[str, str, str], bytes] = {}
 _HEADERS_MAX = 64
 
 
-def b64u(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def _b64u(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
