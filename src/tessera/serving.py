@@ -137,9 +137,5 @@ class Supervisor:
                 proc.kill()
                 proc.join()
 
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._procs if p.pid is not None]
-
 
 __all__ = ["Supervisor", "available", "bind"]
