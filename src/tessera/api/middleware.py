@@ -6,7 +6,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -28,7 +28,7 @@ def _problem_body(status: int, code: str, detail: str, **extra: Any) -> bytes:
 
 
 async def _send_problem(send: Send, status: int, code: str, detail: str,
-                        extra_headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+                        extra_headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     body = _problem_body(status, code, detail)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/problem+json"),
