@@ -155,6 +155,14 @@ def _counting_committer() -> tuple[Any, list[int]]:
 
     class FakeConn:
         def close(self) -> None: ...
+        def invalidate(self) -> None: ...
+
+    class FakeTransactions:  # tessera.db.pipeline.Transactions' interface
+        conn = FakeConn()
+
+        def begin(self) -> None: ...
+        def commit(self, session: Any) -> None: session.commit()
+        def rollback(self, session: Any) -> None: session.rollback()
 
     class Factory:
         kw: dict[str, Any] = {"bind": None}
@@ -164,7 +172,7 @@ def _counting_committer() -> tuple[Any, list[int]]:
         return [[{"n": i}] for i, _ in enumerate(units)]
 
     committer = GroupCommitter(Factory(), apply)  # type: ignore[arg-type]
-    committer._open = lambda: (FakeSession(), FakeConn())  # type: ignore[method-assign]
+    committer._open = lambda: (FakeSession(), FakeTransactions())  # type: ignore[method-assign]
     return committer, sizes
 
 
@@ -253,7 +261,7 @@ def test_jti_batch_insert_reports_exactly_the_uses_that_won(services: Services) 
         return build
 
     with services.sessions() as s:
-        assert use_jtis(s, [(0, [("iss", "j-old", exp, refusal(0))])]) == {}
+        assert use_jtis(s, [(0, [("iss", "j-old", exp, refusal(0))])])({}) == {}
         s.commit()
     rows = deferred._JTI_INSERTS[services.engine.dialect.name]
     rows._max = 2  # force several chunks
@@ -266,7 +274,7 @@ def test_jti_batch_insert_reports_exactly_the_uses_that_won(services: Services) 
                 (3, [("iss", "j-1", exp, refusal(3))]),  # claimed by unit 0
                 (4, [("other", "j-1", exp, refusal(4))]),  # another issuer: its own jti
                 (5, [("iss", "j-3", exp, refusal(5))]),
-            ])
+            ])({})
             s.commit()
     finally:
         rows._max = 256
@@ -278,6 +286,33 @@ def test_jti_batch_insert_reports_exactly_the_uses_that_won(services: Services) 
                       ("iss", "j-3")}
 
 
+def test_jtis_of_units_refused_before_the_insert_was_read_are_not_used(
+        services: Services) -> None:
+    """The jti insert is sent before the rev check's result is known: a jti claimed only by
+    units an earlier hook refused is deleted again, and a refused unit's claim passes to the
+    next unit claiming the same jti, as if the refused units had never been seen."""
+    from datetime import timedelta
+
+    from tessera.oauth.deferred import use_jtis
+
+    exp = services.clock.now() + timedelta(minutes=5)
+    replayed = [RuntimeError(f"replay {i}") for i in range(4)]
+    stale = RuntimeError("stale")
+    with services.sessions() as s:
+        settle = use_jtis(s, [
+            (0, [("iss", "j-stale", exp, lambda _i: replayed[0])]),
+            (1, [("iss", "j-shared", exp, lambda _i: replayed[1])]),
+            (2, [("iss", "j-shared", exp, lambda _i: replayed[2])]),
+            (3, [("iss", "j-shared", exp, lambda _i: replayed[3])]),
+        ])
+        refused = settle({0: stale, 1: stale})  # as the rev check refused units 0 and 1
+        s.commit()
+    assert refused == {3: replayed[3]}  # unit 2 took over unit 1's claim; unit 0 lost nothing
+    with services.sessions() as s:
+        stored = set(s.execute(text("SELECT issuer, jti FROM used_jtis")).all())
+    assert stored == {("iss", "j-shared")}  # j-stale is free for unit 0's retry
+
+
 def test_rev_check_refuses_only_units_whose_view_moved(
         services: Services, make_identity: Callable[..., Any]) -> None:
     from tessera.oauth.deferred import StaleClient, check_revs
@@ -287,7 +322,7 @@ def test_rev_check_refuses_only_units_whose_view_moved(
         revs = dict(s.execute(text("SELECT id, rev FROM identities WHERE id IN (:a, :b)"),
                               {"a": a.id, "b": b.id}).all())
         refused = check_revs(s, [(0, [(a.id, revs[a.id])]), (1, [(b.id, revs[b.id] - 1)]),
-                                 (2, [("idn_gone", 0)]), (3, [(a.id, revs[a.id])])])
+                                 (2, [("idn_gone", 0)]), (3, [(a.id, revs[a.id])])])({})
     assert set(refused) == {1, 2}
     assert all(isinstance(e, StaleClient) for e in refused.values())
 
@@ -386,3 +421,18 @@ def test_the_committer_outlives_a_database_it_cannot_reach() -> None:
     finally:
         committer.close()
     assert sizes == [1] and len(attempts) == 2
+
+
+def test_committed_batches_sign_their_checkpoints(services: Services) -> None:
+    """A checkpoint falls due inside a committer batch: its row (written through SQLAlchemy,
+    which takes PostgreSQL's batch out of its pipeline) commits with the batch."""
+    from tessera.audit.groupcommit import WriteUnit
+
+    services.audit.options.checkpoint_every = 3
+    for i in range(7):
+        services.audit.commit_unit(WriteUnit(events=[
+            services.audit.event("oauth.token.issued", actor="idn_a", data={"i": i})]))
+    with services.sessions() as s:
+        report = services.audit.verify(s, jwks=services.keys.jwks())
+    assert report.ok, report.problems
+    assert (report.checked, report.checkpoints) == (7, 2)

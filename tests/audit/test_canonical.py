@@ -133,3 +133,40 @@ def test_data_replaced_after_building_is_stored_as_replaced(services: Services) 
         rows = list(s.scalars(select(AuditEventRow).order_by(AuditEventRow.seq.desc()).limit(2)))
     assert report.ok, report.problems
     assert [rows[1].data, rows[0].data] == [{"jti": "j2"}, None]
+
+
+def test_a_value_too_long_for_its_column_is_refused_not_cut(services: Services) -> None:
+    """PostgreSQL's batch insert passes the values as JSON text: a string column must refuse
+    a value too long for it (as a bound parameter is refused), never store it cut short."""
+    if services.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite does not enforce string lengths")
+    evt = services.audit.event("oauth.token.issued", actor="idn_a", resource="r" * 401)
+    with pytest.raises(Exception, match="too long"):
+        services.audit.commit_unit(WriteUnit(events=[evt]))
+    kept = services.audit.event("oauth.token.issued", actor="idn_a", resource="r" * 400)
+    services.audit.commit_unit(WriteUnit(events=[kept]))
+    with services.sessions() as s:
+        report = services.audit.verify(s)
+        (row,) = s.scalars(select(AuditEventRow))
+    assert report.ok and report.checked == 1
+    assert row.resource == "r" * 400
+
+
+def test_every_column_reads_back_as_written_by_the_committer(services: Services) -> None:
+    """Quotes, backslashes, control characters and non-ASCII text in every string column,
+    NULLs where a column allows them, through the committer's batch insert."""
+    odd = 'q"uo\'te \\ back\tslash\nline é 日本 \u2028 </script>'
+    full = services.audit.event("oauth.token.issued", actor=odd, subject=odd, action=odd,
+                                resource=odd, reasons=[odd],
+                                ctx=RequestContext(request_id=odd, source=odd),
+                                data={"v": odd, odd: [odd]})
+    empty = services.audit.event("oauth.token.issued")
+    written = services.audit.commit_unit(WriteUnit(events=[full, empty]))
+    with services.sessions() as s:
+        report = services.audit.verify(s)
+        rows = list(s.scalars(select(AuditEventRow).order_by(AuditEventRow.seq)))
+    assert report.ok, report.problems
+    assert [event_dict(r) | {"prev_hash": r.prev_hash, "hash": r.hash} for r in rows] == written
+    assert rows[0].actor == rows[0].source == odd and rows[0].data == {"v": odd, odd: [odd]}
+    assert (rows[1].actor, rows[1].subject, rows[1].request_id) == (None, None, None)
+    assert rows[1].ts == empty["ts"]

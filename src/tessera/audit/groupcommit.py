@@ -19,8 +19,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection
 from sqlalchemy.orm import Session, sessionmaker
+
+from tessera.db.pipeline import Transactions
 
 log = logging.getLogger("tessera.audit")
 
@@ -173,7 +174,7 @@ class GroupCommitter:
         # per batch are a measurable share of a small batch. After a failed batch both are
         # replaced (the connection may be the thing that failed); if none can be had, the
         # batch fails and the thread lives on for the next one.
-        opened: tuple[Session, Connection] | None = None
+        opened: tuple[Session, Transactions] | None = None
         try:
             while True:
                 batch = self._take()
@@ -186,32 +187,39 @@ class GroupCommitter:
                         log.exception("audit committer cannot connect")
                         _settle([(fut, exc) for _, fut in batch])
                         continue
-                session, conn = opened
-                if not self._commit_batch(session, batch):
+                session, txn = opened
+                if not self._commit_batch(session, txn, batch):
                     opened = None
                     session.close()
-                    conn.invalidate()
-                    conn.close()
+                    txn.conn.invalidate()
+                    txn.conn.close()
         finally:
             if opened is not None:
                 opened[0].close()
-                opened[1].close()
+                opened[1].conn.close()
 
-    def _open(self) -> tuple[Session, Connection]:
+    def _open(self) -> tuple[Session, Transactions]:
         engine = self._sessions.kw["bind"]
         conn = engine.connect()
-        return self._sessions(bind=conn), conn
+        try:
+            txn = Transactions(conn)  # pipelined on PostgreSQL: two round trips a batch
+        except BaseException:
+            conn.close()
+            raise
+        return self._sessions(bind=conn), txn
 
-    def _commit_batch(self, session: Session, batch: list[tuple[WriteUnit, Waiter]]) -> bool:
+    def _commit_batch(self, session: Session, txn: Transactions,
+                      batch: list[tuple[WriteUnit, Waiter]]) -> bool:
         units = [unit for unit, _ in batch]
         for attempt in range(1, RETRIES + 1):
             try:
+                txn.begin()
                 results = self._apply(session, units)
-                session.commit()
+                txn.commit(session)
                 break
             except Exception as exc:
                 try:
-                    session.rollback()
+                    txn.rollback(session)
                 except Exception:  # noqa: BLE001 - the connection is replaced by the caller
                     pass
                 if attempt < RETRIES and _transient(exc):

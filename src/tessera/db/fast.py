@@ -10,6 +10,11 @@ would use for its column type: what lands in the database is byte for byte what 
 except for the parameters a statement names `encoded`, which its caller encodes itself.
 
 Only for statements whose results need no type processing (integers and strings back).
+
+`send` executes without reading the result, and `Sent.rows()` reads it: on a PostgreSQL
+connection in pipeline mode (`tessera.db.pipeline`) several statements sent one after the other
+then cost one round trip to the server between them, not one each; elsewhere `send` runs the
+statement at once and `rows()` only reads what came back.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ class _Compiled:
         # Per parameter, in order: (name, value when the caller gives none, processor).
         self._plan = [(name, fixed.get(name), processors.get(name)) for name in names]
         self._names = names
+        # From the statement, not from the cursor's description: in pipeline mode that is
+        # only known once the result has arrived.
+        self.returns_rows = bool(getattr(stmt, "is_select", False) or
+                                 getattr(compiled, "effective_returning", None))
 
     def params(self, values: dict[str, Any]) -> Any:
         out = []
@@ -48,8 +57,37 @@ class _Compiled:
         return tuple(out) if self.positional else dict(zip(self._names, out))
 
 
+# Key of the driver cursors kept in a pooled connection's `info` (it lasts as long as the
+# driver connection, and is cleared when that is replaced): one per statement, reused.
+_CURSORS = "tessera_fast_cursors"
+
+
+class Sent:
+    """A statement sent on a driver cursor; `rows()` reads its result (once) and hands the
+    cursor back for the statement's next run. Read every `Sent` before its transaction ends:
+    SQLite cannot commit while a statement's result is unread."""
+
+    __slots__ = ("_cur", "_returns_rows", "_pool", "_key")
+
+    def __init__(self, cur: Any, returns_rows: bool, pool: dict[Any, Any], key: Any) -> None:
+        self._cur = cur
+        self._returns_rows = returns_rows
+        self._pool = pool
+        self._key = key
+
+    def rows(self) -> list[Sequence[Any]]:
+        try:
+            rows = list(self._cur.fetchall()) if self._returns_rows else []
+        except BaseException:
+            self._cur.close()
+            raise
+        self._pool[self._key] = self._cur
+        return rows
+
+
 class FastStatement:
-    """`run(session, params)` / `run_many(session, rows)` for one Core statement.
+    """`run(session, params)` / `send(session, params)` / `run_many(session, rows)` for one
+    Core statement.
 
     Parameters named in `encoded` skip their type's bind processor: the caller passes them as
     the driver takes them (e.g. a JSON column's text, which the statement's SQL still casts
@@ -60,32 +98,44 @@ class FastStatement:
         self._encoded = frozenset(encoded)
         self._by_dialect: dict[str, _Compiled] = {}
 
-    def _compiled(self, session: Session) -> tuple[_Compiled, Any]:
+    def _cursor(self, session: Session) -> tuple[_Compiled, Any, dict[Any, Any]]:
+        """The statement compiled for the session's dialect, a driver cursor of the session's
+        connection (taken from its pool: a new psycopg cursor costs ~20 us), and that pool."""
         conn = session.connection()  # begins the session's transaction if needed
-        dialect = conn.dialect
-        compiled = self._by_dialect.get(dialect.name)
+        compiled = self._by_dialect.get(conn.dialect.name)
         if compiled is None:
-            compiled = self._by_dialect[dialect.name] = _Compiled(self._stmt, dialect,
-                                                                 self._encoded)
-        return compiled, conn.connection.driver_connection
+            compiled = self._by_dialect[conn.dialect.name] = _Compiled(
+                self._stmt, conn.dialect, self._encoded)
+        fairy = conn.connection
+        pool = fairy.info.get(_CURSORS)
+        if pool is None:
+            pool = fairy.info[_CURSORS] = {}
+        cur = pool.pop(self, None)
+        if cur is None:
+            cur = fairy.driver_connection.cursor()
+        return compiled, cur, pool
+
+    def send(self, session: Session, params: dict[str, Any] | None = None) -> Sent:
+        compiled, cur, pool = self._cursor(session)
+        try:
+            cur.execute(compiled.sql, compiled.params(params or {}))
+        except BaseException:
+            cur.close()
+            raise
+        return Sent(cur, compiled.returns_rows, pool, self)
 
     def run(self, session: Session, params: dict[str, Any] | None = None
             ) -> list[Sequence[Any]]:
-        compiled, raw = self._compiled(session)
-        cur = raw.cursor()
-        try:
-            cur.execute(compiled.sql, compiled.params(params or {}))
-            return list(cur.fetchall()) if cur.description is not None else []
-        finally:
-            cur.close()
+        return self.send(session, params).rows()
 
     def run_many(self, session: Session, rows: list[dict[str, Any]]) -> None:
-        compiled, raw = self._compiled(session)
-        cur = raw.cursor()
+        compiled, cur, pool = self._cursor(session)
         try:
             cur.executemany(compiled.sql, [compiled.params(r) for r in rows])
-        finally:
+        except BaseException:
             cur.close()
+            raise
+        pool[self] = cur
 
 
 class FastRowsStatement:
@@ -98,16 +148,20 @@ class FastRowsStatement:
         self._max = max_rows
         self._by_count: dict[int, FastStatement] = {}
 
-    def run(self, session: Session, rows: list[dict[str, Any]]) -> list[Sequence[Any]]:
-        out: list[Sequence[Any]] = []
+    def send(self, session: Session, rows: list[dict[str, Any]]) -> list[Sent]:
+        sent = []
         for start in range(0, len(rows), self._max):
             chunk = rows[start:start + self._max]
             stmt = self._by_count.get(len(chunk))
             if stmt is None:
                 stmt = self._by_count[len(chunk)] = FastStatement(self._build(len(chunk)))
-            out.extend(stmt.run(session, {f"{name}_{i}": value for i, row in enumerate(chunk)
-                                          for name, value in row.items()}))
-        return out
+            sent.append(stmt.send(session, {f"{name}_{i}": value
+                                            for i, row in enumerate(chunk)
+                                            for name, value in row.items()}))
+        return sent
+
+    def run(self, session: Session, rows: list[dict[str, Any]]) -> list[Sequence[Any]]:
+        return [row for sent in self.send(session, rows) for row in sent.rows()]
 
 
-__all__ = ["FastRowsStatement", "FastStatement"]
+__all__ = ["FastRowsStatement", "FastStatement", "Sent"]

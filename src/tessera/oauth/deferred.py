@@ -25,14 +25,15 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.audit import AuditService
+from tessera.audit.service import Settle
 from tessera.audit.groupcommit import WriteUnit
-from tessera.db.fast import FastRowsStatement
+from tessera.db.fast import FastRowsStatement, FastStatement, Sent
 from tessera.errors import WouldBlock
 from tessera.identity import IdentityService
 from tessera.identity.models import IdentityRow
@@ -140,42 +141,81 @@ _JTI_INSERTS = {dialect: _jti_insert(dialect) for dialect in ("postgresql", "sql
 def insert_jtis(session: Session, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
     """Store (issuer, jti, expires_at) rows in the replay cache; the (issuer, jti) pairs that
     were not stored before (the uses that won, on every node)."""
-    stmt = _JTI_INSERTS[session.get_bind().dialect.name]
-    return {(r[0], r[1]) for r in stmt.run(session, rows)}
+    return _won(send_jtis(session, rows))
 
 
-def check_revs(session: Session, items: list[tuple[int, list[Any]]]) -> dict[int, Exception]:
+def send_jtis(session: Session, rows: list[dict[str, Any]]) -> list[Sent]:
+    """`insert_jtis`, sent: `_won` reads the pairs that won."""
+    return _JTI_INSERTS[session.get_bind().dialect.name].send(session, rows)
+
+
+def _won(sent: list[Sent]) -> set[tuple[str, str]]:
+    return {(r[0], r[1]) for part in sent for r in part.rows()}
+
+
+# Undoes the insert of a jti no unit of the batch may use (`use_jtis`).
+_FORGET_JTI = FastStatement(delete(UsedJTIRow.__table__).where(
+    (UsedJTIRow.__table__.c.issuer == bindparam("issuer")) &
+    (UsedJTIRow.__table__.c.jti == bindparam("jti"))))
+
+
+def check_revs(session: Session, items: list[tuple[int, list[Any]]]) -> Settle:
     """Refuse every unit that relied on a client view whose rev has moved since."""
     ids = sorted({identity for _, intents in items for identity, _ in intents})
-    current = {row[0]: row[1] for row in _REVS.run(session, [{"id": i} for i in ids])}
-    refused: dict[int, Exception] = {}
-    for index, intents in items:
-        for identity, rev in intents:
-            if current.get(identity) != rev:
-                refused[index] = StaleClient(identity)
-                break
-    return refused
+    sent = _REVS.send(session, [{"id": i} for i in ids])
+
+    def settle(refused: dict[int, Exception]) -> dict[int, Exception]:
+        current = {row[0]: row[1] for part in sent for row in part.rows()}
+        out: dict[int, Exception] = {}
+        for index, intents in items:
+            for identity, rev in intents:
+                if current.get(identity) != rev:
+                    out[index] = StaleClient(identity)
+                    break
+        return out
+
+    return settle
 
 
-def use_jtis(session: Session, items: list[tuple[int, list[Any]]]) -> dict[int, Exception]:
+def use_jtis(session: Session, items: list[tuple[int, list[Any]]]) -> Settle:
     """Insert every jti of the batch in one statement; a unit loses when any of its jtis was
-    already stored or was claimed by an earlier unit of the same batch."""
-    refused: dict[int, Exception] = {}
-    owner: dict[tuple[str, str], tuple[int, Callable[[str], Exception]]] = {}
-    rows = []
-    for index, intents in items:
-        for issuer, jti, expires_at, replayed in intents:
-            if (issuer, jti) in owner:
-                if index not in refused:
-                    refused[index] = replayed(issuer)
+    already stored or was claimed by an earlier unit of the same batch.
+
+    The insert is sent before the rev check's result is known (one round trip for both), so it
+    also stores the jtis of units the rev check then refuses: a jti only such units claimed is
+    deleted again in the same transaction, and a refused unit's claim passes to the next unit
+    of the batch claiming the same jti. The outcome is the one of checking revs first: a
+    request refused for a stale view is retried, and its retry must find its jti unused."""
+    rows, seen = [], set()
+    for _, intents in items:
+        for issuer, jti, expires_at, _replayed in intents:
+            if (issuer, jti) not in seen:
+                seen.add((issuer, jti))
+                rows.append({"issuer": issuer, "jti": jti, "expires_at": expires_at})
+    sent = send_jtis(session, rows)
+
+    def settle(refused: dict[int, Exception]) -> dict[int, Exception]:
+        inserted = _won(sent)
+        owner: dict[tuple[str, str], int] = {}
+        for index, intents in items:
+            if index not in refused:
+                for issuer, jti, _expires, _replayed in intents:
+                    owner.setdefault((issuer, jti), index)
+        out: dict[int, Exception] = {}
+        for index, intents in items:
+            if index in refused:
                 continue
-            owner[(issuer, jti)] = (index, replayed)
-            rows.append({"issuer": issuer, "jti": jti, "expires_at": expires_at})
-    inserted = insert_jtis(session, rows) if rows else set()
-    for key, (index, replayed) in owner.items():
-        if key not in inserted and index not in refused:
-            refused[index] = replayed(key[0])
-    return refused
+            for issuer, jti, _expires, replayed in intents:
+                key = (issuer, jti)
+                if key not in inserted or owner[key] != index:
+                    out[index] = replayed(issuer)
+                    break
+        orphans = [{"issuer": i, "jti": j} for i, j in inserted if (i, j) not in owner]
+        if orphans:
+            _FORGET_JTI.run_many(session, orphans)
+        return out
+
+    return settle
 
 
 def run_statements(session: Session, items: list[tuple[int, list[Any]]]
@@ -193,8 +233,8 @@ def run_statements(session: Session, items: list[tuple[int, list[Any]]]
 
 def install(audit: AuditService) -> None:
     """Register the hooks, in the order they must run: checks before writes."""
-    audit.register_hook(HOOK_REV, check_revs)
-    audit.register_hook(HOOK_REPLAY, use_jtis)
+    audit.register_hook(HOOK_REV, check_revs, pipelined=True)
+    audit.register_hook(HOOK_REPLAY, use_jtis, pipelined=True)
     audit.register_hook(HOOK_SQL, run_statements)
 
 

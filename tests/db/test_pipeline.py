@@ -1,0 +1,165 @@
+"""The committer's transactions (tessera.db.pipeline.Transactions): on PostgreSQL a batch runs
+in a pipeline's implicit transaction; on both databases it is one transaction, whatever breaks
+it off and whatever runs in it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+from tessera.audit.service import _LOCK_HEAD
+from tessera.db import make_engine
+from tessera.db.engine import make_session_factory
+from tessera.db.pipeline import Transactions
+from tessera.oauth.deferred import insert_jtis, send_jtis
+
+EXP = datetime.now(timezone.utc) + timedelta(hours=1)
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def batch(engine: Engine) -> Iterator[tuple[Session, Transactions]]:
+    """A session and its transactions on one connection, as the audit committer holds them."""
+    conn = engine.connect()
+    txn = Transactions(conn)
+    session = make_session_factory(engine)(bind=conn)
+    yield session, txn
+    session.close()
+    conn.close()
+
+
+def _stored(engine: Engine) -> set[str]:
+    """What another connection sees (read-only: on SQLite it does not wait for the writer)."""
+    with make_session_factory(engine, readonly=True)() as s:
+        return {row[0] for row in s.execute(text("SELECT jti FROM used_jtis"))}
+
+
+def _row(jti: str) -> dict[str, Any]:
+    return {"issuer": "iss", "jti": jti, "expires_at": EXP}
+
+
+def test_postgresql_batches_run_in_a_pipeline(batch: tuple[Session, Transactions],
+                                              db_url: str) -> None:
+    session, txn = batch
+    txn.begin()
+    assert txn.pipelined == db_url.startswith("postgresql")
+    txn.commit(session)
+    assert not txn.pipelined
+
+
+def test_a_batch_commits_as_one_transaction(batch: tuple[Session, Transactions],
+                                            engine: Engine) -> None:
+    session, txn = batch
+    txn.begin()
+    sent = send_jtis(session, [_row("a")])
+    assert insert_jtis(session, [_row("b")]) == {("iss", "b")}  # a flush, not a commit
+    assert [len(part.rows()) for part in sent] == [1]
+    assert _stored(engine) == set()  # nothing visible before the commit
+    txn.commit(session)
+    assert _stored(engine) == {"a", "b"}
+
+
+def test_a_failure_in_python_mid_batch_writes_nothing(batch: tuple[Session, Transactions],
+                                                      engine: Engine) -> None:
+    """What a pipeline's implicit transaction did is rolled back, not committed by the Sync
+    that ends the pipeline."""
+    session, txn = batch
+    txn.begin()
+    insert_jtis(session, [_row("a")])
+    send_jtis(session, [_row("b")])
+    txn.rollback(session)  # as the committer does when apply_units raises
+    assert _stored(engine) == set()
+    txn.begin()  # the connection serves the next batch
+    insert_jtis(session, [_row("c")])
+    txn.commit(session)
+    assert _stored(engine) == {"c"}
+
+
+def test_a_failed_statement_fails_the_commit_and_writes_nothing(
+        batch: tuple[Session, Transactions], engine: Engine) -> None:
+    session, txn = batch
+    txn.begin()
+    insert_jtis(session, [_row("a")])
+    send_jtis(session, [_row("a")])  # ON CONFLICT DO NOTHING: no error
+    bad = "INSERT INTO used_jtis (issuer, jti, expires_at) VALUES ('iss', 'b', NULL)"
+    with pytest.raises(Exception, match="(?i)null"):
+        _run_raw(session, bad)  # NOT NULL violated
+        txn.commit(session)  # on PostgreSQL the error arrives with the Sync
+    txn.rollback(session)
+    assert _stored(engine) == set()
+    txn.begin()
+    insert_jtis(session, [_row("c")])
+    txn.commit(session)
+    assert _stored(engine) == {"c"}
+
+
+def _run_raw(session: Session, sql: str) -> None:
+    """A driver-level statement, as tessera.db.fast runs them (in the pipeline, if any)."""
+    from tessera.db.fast import FastStatement
+
+    FastStatement(text(sql)).send(session)
+
+
+@pytest.mark.parametrize("end", ["commit", "rollback"])
+def test_sqlalchemy_statements_join_the_batch_transaction(
+        batch: tuple[Session, Transactions], engine: Engine, end: str) -> None:
+    """A statement SQLAlchemy runs mid-batch (a checkpoint row, a usage stamp) leaves the
+    pipeline without committing what the batch did before it."""
+    session, txn = batch
+    txn.begin()
+    insert_jtis(session, [_row("a")])
+    session.execute(text("INSERT INTO used_jtis (issuer, jti, expires_at) "
+                         "VALUES ('iss', 'b', :exp)"), {"exp": EXP})
+    assert not txn.pipelined
+    assert _stored(engine) == set()
+    insert_jtis(session, [_row("c")])
+    if end == "commit":
+        txn.commit(session)
+        assert _stored(engine) == {"a", "b", "c"}
+    else:
+        txn.rollback(session)
+        assert _stored(engine) == set()
+
+
+def test_the_chain_head_stays_locked_until_the_commit(
+        batch: tuple[Session, Transactions], engine: Engine, db_url: str) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("row locks are PostgreSQL's (SQLite's BEGIN IMMEDIATE locks the file)")
+    session, txn = batch
+    txn.begin()
+    ((seq, _hash),) = _LOCK_HEAD.send(session).rows()
+    other = make_engine(db_url)
+    try:
+        with other.connect() as conn:
+            with pytest.raises(Exception, match="could not obtain lock"):
+                conn.execute(text("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE NOWAIT"))
+            conn.rollback()
+            txn.commit(session)
+            assert conn.execute(text("SELECT seq FROM audit_head WHERE id = 1 "
+                                     "FOR UPDATE NOWAIT")).scalar() == seq
+    finally:
+        other.dispose()
+
+
+def test_the_connection_goes_back_to_its_pool_as_it_came(engine: Engine, db_url: str) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("autocommit is set on PostgreSQL connections only")
+    conn = engine.connect()
+    raw = conn.connection.driver_connection
+    Transactions(conn)
+    assert raw.autocommit
+    conn.close()
+    with engine.connect() as again:
+        assert again.connection.driver_connection is raw  # the same pooled connection
+        assert not raw.autocommit
