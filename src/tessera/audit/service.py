@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-import orjson
-from sqlalchemy import BigInteger, String, bindparam, delete, event, func, insert, select, text, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import BigInteger, bindparam, delete, event, func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.audit import events as ev
@@ -37,7 +35,7 @@ from tessera.audit.chain import (
 from tessera.audit.groupcommit import GroupCommitter, WriteUnit
 from tessera.audit.models import AuditCheckpointRow, AuditEventRow, AuditHeadRow, AuditRetentionRow
 from tessera.clock import Clock
-from tessera.db.fast import FastStatement, Sent
+from tessera.db.fast import FastStatement, Sent, json_values, jsonb_rows
 from tessera.errors import Conflict, ValidationFailed
 from tessera.ids import new_id
 
@@ -129,29 +127,16 @@ _EVENT_COLUMNS = [c.name for c in AuditEventRow.__table__.columns]
 
 def _append_statement() -> FastStatement:
     """PostgreSQL: a batch's events and the head's move in one statement, the events' values
-    in one JSON parameter (an array of rows, each an array in column order).
+    in one jsonb parameter (`jsonb_rows`).
 
-    Written by hand because no library does this: psycopg's CPU per statement and per
-    parameter dominates the committer on PostgreSQL. Inserting a batch of 8 events one row
-    each (`executemany`, 16 parameters a row) and moving the head took ~490 us of client CPU a
-    batch; a multi-row VALUES of 128 parameters is longer than psycopg caches parsed queries
-    for, and cost more. The parameter is read as jsonb, parsed once (as json, each `->>` parses
-    its row again: PostgreSQL spent ~10 % more CPU per token). Each value is cast to its
-    column's type; the JSON columns (json, which keeps text as given) get their canonical text,
-    passed as a JSON string, and `ts` the chain's text of it (UTC), so a row stores exactly
-    what was hashed."""
-    table = AuditEventRow.__table__
-    dialect = postgresql.dialect()
-    # Strings stay text: the column's assignment cast refuses one too long, where a CAST to
-    # VARCHAR(n) would cut it short silently (and break the chain).
-    values = ", ".join(
-        f"r.value ->> {i}" if isinstance(table.c[name].type, String) else
-        f"CAST(r.value ->> {i} AS {table.c[name].type.compile(dialect=dialect)})"
-        for i, name in enumerate(_EVENT_COLUMNS))
+    Inserting a batch of 8 events one row each (`executemany`, 16 parameters a row) and moving
+    the head took ~490 us of client CPU a batch. The JSON columns (json, which keeps text as
+    given) get their canonical text, passed as a JSON string, and `ts` the chain's text of it
+    (UTC), so a row stores exactly what was hashed."""
     return FastStatement(text(
         "WITH moved AS (UPDATE audit_head SET seq = :new_seq, hash = :new_hash WHERE id = 1) "
         f"INSERT INTO audit_events ({', '.join(_EVENT_COLUMNS)}) "
-        f"SELECT {values} FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS r"
+        + jsonb_rows(AuditEventRow.__table__, _EVENT_COLUMNS)
     ).bindparams(bindparam("new_seq", type_=BigInteger()), bindparam("new_hash"),
                  bindparam("rows")))
 
@@ -414,7 +399,7 @@ class AuditService:
             written.append(out)
             prev = digest
         if pg:
-            _APPEND_PG.run(session, {"rows": orjson.dumps(rows).decode(), "new_seq": seq,
+            _APPEND_PG.run(session, {"rows": json_values(rows), "new_seq": seq,
                                      "new_hash": prev})
         else:
             _INSERT_EVENTS.run_many(session, rows)

@@ -20,8 +20,10 @@ statement at once and `rows()` only reads what came back.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Dialect
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
@@ -45,7 +47,8 @@ class _Compiled:
         self._plan = [(name, fixed.get(name), processors.get(name)) for name in names]
         self._names = names
         # From the statement, not from the cursor's description: in pipeline mode that is
-        # only known once the result has arrived.
+        # only known once the result has arrived. (A textual statement returning rows says so
+        # with `text(...).columns(...)`.)
         self.returns_rows = bool(getattr(stmt, "is_select", False) or
                                  getattr(compiled, "effective_returning", None))
 
@@ -164,4 +167,40 @@ class FastRowsStatement:
         return [row for sent in self.send(session, rows) for row in sent.rows()]
 
 
-__all__ = ["FastRowsStatement", "FastStatement", "Sent"]
+def jsonb_rows(table: Any, columns: list[str], param: str = "rows") -> str:
+    """PostgreSQL: `SELECT <columns> FROM` a jsonb array of rows, bound to `:param` (each row
+    an array of values in `columns`' order; `json_values` makes the parameter).
+
+    For statements over many rows: psycopg's CPU per bound parameter, and per distinct
+    statement shape, dominates such statements on the client (a multi-row VALUES has both:
+    16 parameters a row, one shape per row count). One jsonb parameter is one shape, parsed
+    once by PostgreSQL. Strings stay text: the column's assignment cast refuses one too long,
+    where a CAST to VARCHAR(n) would cut it short without a word; other values are cast to
+    their column's type."""
+    from sqlalchemy import String
+    from sqlalchemy.dialects import postgresql
+
+    dialect = postgresql.dialect()
+    values = ", ".join(
+        f"r.value ->> {i}" if isinstance(table.c[name].type, String) else
+        f"CAST(r.value ->> {i} AS {table.c[name].type.compile(dialect=dialect)})"
+        for i, name in enumerate(columns))
+    return f"SELECT {values} FROM jsonb_array_elements(CAST(:{param} AS jsonb)) AS r"
+
+
+def json_values(rows: list[list[Any]]) -> str:
+    """The parameter of a `jsonb_rows` statement. Datetimes must be timezone-aware: they are
+    written in RFC 3339 with their offset, and a naive one would be read in the server's time
+    zone (`aware` checks one)."""
+    return orjson.dumps(rows).decode()
+
+
+def aware(value: datetime) -> datetime:
+    """`value`, refused if naive (as the UTC columns' type refuses it)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return value
+
+
+__all__ = ["FastRowsStatement", "FastStatement", "Sent", "aware", "json_values",
+           "jsonb_rows"]
