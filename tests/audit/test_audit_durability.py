@@ -313,6 +313,20 @@ def test_jtis_of_units_refused_before_the_insert_was_read_are_not_used(
     assert stored == {("iss", "j-shared")}  # j-stale is free for unit 0's retry
 
 
+def test_a_unit_claiming_one_jti_twice_is_refused(services: Services) -> None:
+    from datetime import timedelta
+
+    from tessera.oauth.deferred import use_jtis
+
+    exp = services.clock.now() + timedelta(minutes=5)
+    replayed = RuntimeError("replayed")
+    with services.sessions() as s:
+        refused = use_jtis(s, [(0, [("iss", "j", exp, lambda _i: replayed),
+                                    ("iss", "j", exp, lambda _i: replayed)])])({})
+        s.rollback()
+    assert refused == {0: replayed}
+
+
 def test_rev_check_refuses_only_units_whose_view_moved(
         services: Services, make_identity: Callable[..., Any]) -> None:
     from tessera.oauth.deferred import StaleClient, check_revs

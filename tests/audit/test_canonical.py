@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 
 from tessera.audit import RequestContext
 from tessera.audit.chain import GENESIS, canonical, chain_hash, hashed_part, ts_text
@@ -170,3 +170,57 @@ def test_every_column_reads_back_as_written_by_the_committer(services: Services)
     assert rows[0].actor == rows[0].source == odd and rows[0].data == {"v": odd, odd: [odd]}
     assert (rows[1].actor, rows[1].subject, rows[1].request_id) == (None, None, None)
     assert rows[1].ts == empty["ts"]
+
+
+def test_a_failed_append_with_a_checkpoint_due_fails_the_batch(services: Services) -> None:
+    """PostgreSQL: the append fails on the server (a value too long) after the checkpoint has
+    been written; nothing of the batch may be stored, and its callers must get the error."""
+    if services.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite does not enforce string lengths")
+    services.audit.options.checkpoint_every = 1000
+    events = [services.audit.event("oauth.token.issued", actor="idn_a", data={"i": i})
+              for i in range(1200)]
+    events.append(services.audit.event("oauth.token.issued", actor="idn_a",
+                                       resource="r" * 401))
+    with pytest.raises(Exception, match="too long"):
+        services.audit.commit_unit(WriteUnit(events=events))
+    with services.sessions() as s:
+        assert services.audit.head(s)[0] == 0
+        assert s.scalars(select(AuditEventRow)).first() is None
+        assert services.audit.checkpoints(s) == []
+
+
+def test_a_checkpoint_commits_with_its_batch(services: Services) -> None:
+    services.audit.options.checkpoint_every = 2
+    services.audit.commit_unit(WriteUnit(events=[
+        services.audit.event("oauth.token.issued", actor="idn_a") for _ in range(3)]))
+    with services.sessions() as s:
+        assert [c.seq for c in services.audit.checkpoints(s)] == [3]  # the batch's head
+        if services.engine.dialect.name == "postgresql":  # one transaction wrote them all
+            xids = {x for (x,) in s.execute(text(
+                "SELECT xmin::text FROM audit_events UNION SELECT xmin::text "
+                "FROM audit_checkpoints"))}
+            assert len(xids) == 1
+
+
+def test_an_event_whose_text_column_holds_no_text_is_refused(services: Services) -> None:
+    """PostgreSQL's batch insert reads values as JSON: a number where text belongs would be
+    stored as its digits while the chain hashed a number. Refused, as a bound parameter of
+    the wrong type is on SQLite's path by the chain check (and was on PostgreSQL's)."""
+    if services.engine.dialect.name != "postgresql":
+        pytest.skip("the check guards PostgreSQL's JSON insert")
+    evt = services.audit.event("oauth.token.issued", actor="idn_a")
+    evt["subject"] = 42
+    with pytest.raises(TypeError, match="subject"):
+        services.audit.commit_unit(WriteUnit(events=[evt]))
+    with services.sessions() as s:
+        assert s.scalars(select(AuditEventRow)).first() is None
+
+
+def test_an_event_timestamp_not_in_utc_is_refused(services: Services) -> None:
+    from datetime import timedelta
+
+    evt = services.audit.event("oauth.token.issued", actor="idn_a")
+    evt["ts"] = evt["ts"].astimezone(timezone(timedelta(hours=2)))
+    with pytest.raises(ValueError, match="UTC"):
+        services.audit.commit_unit(WriteUnit(events=[evt]))

@@ -163,3 +163,79 @@ def test_the_connection_goes_back_to_its_pool_as_it_came(engine: Engine, db_url:
     with engine.connect() as again:
         assert again.connection.driver_connection is raw  # the same pooled connection
         assert not raw.autocommit
+
+
+def _idle(session: Session) -> bool:
+    """The driver connection is out of any pipeline and any transaction (PostgreSQL)."""
+    raw = session.connection().connection.driver_connection
+    if not hasattr(raw, "pgconn"):
+        return True
+    from psycopg.pq import TransactionStatus
+
+    return raw.pgconn.pipeline_status == 0 and \
+        raw.info.transaction_status == TransactionStatus.IDLE
+
+
+@pytest.mark.parametrize("end", ["commit", "rollback"])
+def test_a_batch_leaves_the_connection_idle(batch: tuple[Session, Transactions],
+                                            end: str) -> None:
+    session, txn = batch
+    for sqlalchemy_too in (False, True):
+        txn.begin()
+        insert_jtis(session, [_row(f"{end}-{sqlalchemy_too}")])
+        if sqlalchemy_too:
+            session.execute(text("SELECT 1"))
+        getattr(txn, end)(session)
+        assert _idle(session)
+
+
+def test_a_failure_hidden_from_the_batch_still_fails_its_commit(
+        batch: tuple[Session, Transactions], engine: Engine) -> None:
+    """A statement fails on the server while the batch is pipelined; SQLAlchemy then runs a
+    statement (a checkpoint row, a usage stamp) whose caller swallows the error that leaving
+    the pipeline raises. The commit must still fail: the server has rolled the batch back, and
+    its callers must not be told it is durable."""
+    session, txn = batch
+    txn.begin()
+    insert_jtis(session, [_row("a")])
+    with pytest.raises(Exception, match="(?i)null"):  # SQLite raises at once
+        _run_raw(session, "INSERT INTO used_jtis (issuer, jti, expires_at) "
+                          "VALUES ('iss', 'b', NULL)")  # NOT NULL violated at the server
+        try:
+            session.execute(text("SELECT 1"))
+        except Exception:  # noqa: BLE001 - a handler that logs and goes on
+            pass
+        txn.commit(session)
+    txn.rollback(session)
+    assert _stored(engine) == set()
+    assert _idle(session)
+
+
+def test_orm_objects_added_in_a_batch_commit_in_its_transaction(
+        batch: tuple[Session, Transactions], engine: Engine, db_url: str) -> None:
+    from tessera.oauth.models import UsedJTIRow
+
+    session, txn = batch
+    txn.begin()
+    insert_jtis(session, [_row("fast")])
+    session.add(UsedJTIRow(issuer="iss", jti="orm", expires_at=EXP))
+    txn.commit(session)
+    assert _stored(engine) == {"fast", "orm"}
+    if db_url.startswith("postgresql"):  # one transaction wrote both
+        with engine.connect() as conn:
+            assert len(set(conn.execute(text("SELECT xmin::text FROM used_jtis")))) == 1
+
+
+def test_closing_the_session_mid_batch_rolls_back(engine: Engine) -> None:
+    """psycopg's own rollback sends a Sync, which would commit a pipeline's implicit
+    transaction: a session closed mid-batch (the committer thread torn down) must roll back,
+    and its connection go back to the pool idle."""
+    conn = engine.connect()
+    Transactions(conn).begin()
+    session = make_session_factory(engine)(bind=conn)
+    insert_jtis(session, [_row("partial")])
+    session.close()
+    conn.close()
+    assert _stored(engine) == set()
+    with make_session_factory(engine)() as again:
+        assert _idle(again)

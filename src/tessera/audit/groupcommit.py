@@ -230,6 +230,14 @@ class GroupCommitter:
                 log.exception("audit group commit failed")
                 _settle([(fut, exc) for _, fut in batch])
                 return False
+            except BaseException as exc:  # the thread is being torn down: roll back first
+                try:  # (on PostgreSQL closing the session mid-pipeline would commit)
+                    txn.rollback(session)
+                finally:
+                    stopped = RuntimeError("the audit committer stopped")
+                    stopped.__cause__ = exc
+                    _settle([(fut, stopped) for _, fut in batch])
+                raise
         self.batches += 1
         written = [e for result in results if not isinstance(result, Exception)
                    for e in result]

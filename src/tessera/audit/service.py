@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import BigInteger, bindparam, delete, event, func, insert, select, text, update
@@ -35,7 +35,7 @@ from tessera.audit.chain import (
 from tessera.audit.groupcommit import GroupCommitter, WriteUnit
 from tessera.audit.models import AuditCheckpointRow, AuditEventRow, AuditHeadRow, AuditRetentionRow
 from tessera.clock import Clock
-from tessera.db.fast import FastStatement, Sent, json_values, jsonb_rows
+from tessera.db.fast import FastStatement, Sent, is_string, json_values, jsonb_rows
 from tessera.errors import Conflict, ValidationFailed
 from tessera.ids import new_id
 
@@ -123,6 +123,8 @@ _STREAM_AFTER = _after(*(AuditEventRow.__table__.c[name] for name in StreamEvent
 _MOVE_HEAD = FastStatement(update(_HEAD).where(_HEAD.c.id == 1).values(
     seq=bindparam("new_seq"), hash=bindparam("new_hash")))
 _EVENT_COLUMNS = [c.name for c in AuditEventRow.__table__.columns]
+_TEXT_COLUMNS = [i for i, c in enumerate(AuditEventRow.__table__.columns) if is_string(c.type)]
+_ZERO = timedelta(0)
 
 
 def _append_statement() -> FastStatement:
@@ -142,6 +144,13 @@ def _append_statement() -> FastStatement:
 
 
 _APPEND_PG = _append_statement()
+_CHECKPOINT_COLUMNS = ("seq", "hash", "ts", "kid", "jws")
+_INSERT_CHECKPOINT = FastStatement(text(
+    f"INSERT INTO audit_checkpoints ({', '.join(_CHECKPOINT_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in _CHECKPOINT_COLUMNS)}) "
+    "ON CONFLICT (seq) DO NOTHING").bindparams(
+        *(bindparam(c, type_=AuditCheckpointRow.__table__.c[c].type)
+          for c in _CHECKPOINT_COLUMNS)))
 
 
 @dataclass
@@ -376,6 +385,8 @@ class AuditService:
         written, rows = [], []
         pg = session.get_bind().dialect.name == "postgresql"
         for evt in events:
+            if evt["ts"].utcoffset() != _ZERO:  # `ts_text` (hashed, and stored) writes UTC
+                raise ValueError("audit event timestamps must be in UTC")
             seq += 1
             out = hashed_part(evt)
             out["seq"] = seq
@@ -392,7 +403,11 @@ class AuditService:
                    "data": data_json, "reasons": canonical_text(out["reasons"])}
             if pg:
                 row["ts"] = out["ts"]
-                rows.append([row[name] for name in _EVENT_COLUMNS])
+                values = [row[name] for name in _EVENT_COLUMNS]
+                for i in _TEXT_COLUMNS:  # a bound parameter of another type is refused
+                    if values[i] is not None and type(values[i]) is not str:
+                        raise TypeError(f"audit event {_EVENT_COLUMNS[i]} must be a string")
+                rows.append(values)
             else:
                 rows.append(row)
             out["prev_hash"], out["hash"] = prev, digest
@@ -407,12 +422,17 @@ class AuditService:
         every = self.options.checkpoint_every
         if self._signer is not None and every > 0 and first // every != seq // every:
             try:
-                self._sign_checkpoint(session, seq, prev)
-            except Exception:
+                row = self._signed_checkpoint(seq, prev)
+            except Exception:  # the key (an HSM, say) failed: the batch commits unsigned
                 log.warning("audit checkpoint at %s not signed", seq, exc_info=True)
+            else:
+                # A driver-level statement (it rides PostgreSQL's pipeline, see
+                # tessera.db.pipeline); another node's job may have signed this head already.
+                _INSERT_CHECKPOINT.run(session, {column: getattr(row, column)
+                                                 for column in _CHECKPOINT_COLUMNS})
         return written
 
-    def _sign_checkpoint(self, session: Session, seq: int, hash: str) -> AuditCheckpointRow:
+    def _signed_checkpoint(self, seq: int, hash: str) -> AuditCheckpointRow:
         from tessera.keys.jws import sign_compact
 
         if self._signer is None:
@@ -421,7 +441,10 @@ class AuditService:
         now = self._clock.now()
         jws = sign_compact(signer, {"seq": seq, "hash": hash, "iat": int(now.timestamp()),
                                     "node": self._node_id}, typ=CHECKPOINT_TYP)
-        row = AuditCheckpointRow(seq=seq, hash=hash, ts=now, kid=signer.kid, jws=jws)
+        return AuditCheckpointRow(seq=seq, hash=hash, ts=now, kid=signer.kid, jws=jws)
+
+    def _sign_checkpoint(self, session: Session, seq: int, hash: str) -> AuditCheckpointRow:
+        row = self._signed_checkpoint(seq, hash)
         session.merge(row)
         return row
 

@@ -177,21 +177,30 @@ def jsonb_rows(table: Any, columns: list[str], param: str = "rows") -> str:
     once by PostgreSQL. Strings stay text: the column's assignment cast refuses one too long,
     where a CAST to VARCHAR(n) would cut it short without a word; other values are cast to
     their column's type."""
-    from sqlalchemy import String
     from sqlalchemy.dialects import postgresql
 
     dialect = postgresql.dialect()
     values = ", ".join(
-        f"r.value ->> {i}" if isinstance(table.c[name].type, String) else
+        f"r.value ->> {i}" if is_string(table.c[name].type) else
         f"CAST(r.value ->> {i} AS {table.c[name].type.compile(dialect=dialect)})"
         for i, name in enumerate(columns))
     return f"SELECT {values} FROM jsonb_array_elements(CAST(:{param} AS jsonb)) AS r"
 
 
+def is_string(type_: Any) -> bool:
+    """Whether a column type stores text (a TypeDecorator by what it decorates)."""
+    from sqlalchemy import String, TypeDecorator
+
+    if isinstance(type_, TypeDecorator):
+        type_ = type_.impl_instance
+    return isinstance(type_, String)
+
+
 def json_values(rows: list[list[Any]]) -> str:
-    """The parameter of a `jsonb_rows` statement. Datetimes must be timezone-aware: they are
-    written in RFC 3339 with their offset, and a naive one would be read in the server's time
-    zone (`aware` checks one)."""
+    """The parameter of a `jsonb_rows` statement. Values for text columns must be strings (or
+    None): `->>` would turn a number or a list into its JSON text, where a bound parameter of
+    the wrong type is refused. Datetimes must be timezone-aware: they are written in RFC 3339
+    with their offset, and a naive one would be read in the server's time zone (`aware`)."""
     return orjson.dumps(rows).decode()
 
 
@@ -202,5 +211,5 @@ def aware(value: datetime) -> datetime:
     return value
 
 
-__all__ = ["FastRowsStatement", "FastStatement", "Sent", "aware", "json_values",
+__all__ = ["FastRowsStatement", "FastStatement", "Sent", "aware", "is_string", "json_values",
            "jsonb_rows"]

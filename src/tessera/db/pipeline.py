@@ -30,25 +30,34 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection, event
 from sqlalchemy.orm import Session
 
 
+class BatchAborted(Exception):
+    """The batch's transaction ended without committing (a statement failed in it)."""
+
+
 class Transactions:
-    """`begin`, `commit` and `rollback` of the transactions `session` runs on `conn`."""
+    """`begin`, `commit` and `rollback` of the transactions `session` runs on `conn`.
+
+    Every batch ends with `commit` or `rollback`, whatever broke it off: psycopg's own
+    rollback sends a Sync first, and a Sync commits an implicit transaction."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self._raw: Any = None
         self._pipe: Any = None  # the pipeline of the open implicit transaction
         self._explicit = False  # a BEGIN turned the batch's transaction into a block
+        self._failed: BaseException | None = None  # what ended the batch's transaction
         if conn.dialect.name == "postgresql":
-            import psycopg
-
             if psycopg.Pipeline.is_supported():
                 conn.execution_options(isolation_level="AUTOCOMMIT")
                 self._raw = conn.connection.driver_connection
                 event.listen(conn, "before_cursor_execute", self._before_sqlalchemy)
+                event.listen(conn, "rollback", self._abandon)
 
     @property
     def pipelined(self) -> bool:
@@ -56,46 +65,74 @@ class Transactions:
         return self._pipe is not None
 
     def begin(self) -> None:
+        self._explicit, self._failed = False, None
         if self._raw is not None:
-            self._pipe = self._raw.pipeline()
-            self._pipe.__enter__()
-            self._explicit = False
+            pipe = self._raw.pipeline()
+            pipe.__enter__()
+            self._pipe = pipe
 
     def commit(self, session: Session) -> None:
         """Commit; raises the error of any statement that failed (nothing is committed)."""
+        session.flush()  # ORM objects added during the batch are written in it, not after
+        if self._failed is not None:
+            raise self._failed  # the server rolled the batch back (see _before_sqlalchemy)
         if self._pipe is not None:
             self._leave()  # the Sync: sends the writes, commits, raises what failed
         elif self._explicit:
             self._explicit = False
-            self._raw.execute("COMMIT", prepare=False)
+            if self._raw.info.transaction_status != TransactionStatus.INTRANS:
+                raise BatchAborted("the batch's transaction was aborted")
+            status = self._raw.execute("COMMIT", prepare=False).statusmessage
+            if status != "COMMIT":  # an aborted block answers ROLLBACK
+                raise BatchAborted(f"the batch's transaction ended with {status}")
         session.commit()  # SQLAlchemy's own state (the driver has nothing left to commit)
 
     def rollback(self, session: Session) -> None:
         """Roll back; safe whatever state the batch broke off in."""
-        if self._pipe is not None:
-            # A Sync would commit what an implicit transaction did so far: turn it into a
-            # block and roll that back (both skipped if a statement failed: then the Sync
-            # rolls back).
+        try:
+            self._abandon()
+        finally:
+            self._explicit, self._failed = False, None
+            session.rollback()  # the driver sends ROLLBACK if a transaction block is open
+
+    def _abandon(self, *_args: Any) -> None:
+        """Roll back an open pipeline's implicit transaction: a Sync would commit what it did
+        so far, so turn it into a block and roll that back (both skipped if a statement
+        failed: then the Sync rolls back). Also SQLAlchemy's `rollback` hook, so that closing
+        the session or connection mid-batch rolls back too."""
+        if self._pipe is None:
+            return
+        try:
+            self._raw.execute("BEGIN", prepare=False)
+            self._raw.execute("ROLLBACK", prepare=False)
+        finally:
             try:
-                self._raw.execute("BEGIN", prepare=False)
-                self._raw.execute("ROLLBACK", prepare=False)
-            finally:
-                try:
-                    self._leave()
-                except Exception:  # noqa: BLE001 - the error that brought us here is reported
-                    pass
-        self._explicit = False
-        session.rollback()  # the driver sends ROLLBACK if a transaction block is open
+                self._leave()
+            except Exception:  # noqa: BLE001 - the error that brought us here is reported
+                pass  # by the caller
+            if self._raw.pgconn.pipeline_status:  # could not leave: nothing sent on it can
+                self._raw.close()  # be trusted; closing it rolls back
 
     def _leave(self) -> None:
         pipe, self._pipe = self._pipe, None
         pipe.__exit__(None, None, None)
 
     def _before_sqlalchemy(self, *_args: Any) -> None:
-        if self._pipe is not None:
+        """SQLAlchemy is about to run a statement: leave the pipeline inside a transaction
+        block. If the batch already failed, the Sync has rolled it back: that error is kept
+        for `commit` to raise, so that no caller's handler of the statement (a checkpoint
+        that "could not be signed") can turn the lost batch into a committed one."""
+        if self._pipe is None:
+            return
+        try:
             self._raw.execute("BEGIN", prepare=False)
-            self._explicit = True
             self._leave()
+            if self._raw.info.transaction_status != TransactionStatus.INTRANS:
+                raise BatchAborted("the batch's transaction ended before its statements did")
+        except BaseException as exc:
+            self._failed = exc
+            raise
+        self._explicit = True
 
 
-__all__ = ["Transactions"]
+__all__ = ["BatchAborted", "Transactions"]

@@ -153,8 +153,10 @@ def insert_jtis(session: Session, rows: list[dict[str, Any]]) -> set[tuple[str, 
 def send_jtis(session: Session, rows: list[dict[str, Any]]) -> list[Sent]:
     """`insert_jtis`, sent: `_won` reads the pairs that won."""
     if _postgresql(session):
-        return [_JTI_INSERT_PG.send(session, {"rows": json_values(
-            [[r["issuer"], r["jti"], aware(r["expires_at"])] for r in rows])})]
+        values = [[r["issuer"], r["jti"], aware(r["expires_at"])] for r in rows]
+        if any(type(v[0]) is not str or type(v[1]) is not str for v in values):
+            raise TypeError("a jti and its issuer must be strings")
+        return [_JTI_INSERT_PG.send(session, {"rows": json_values(values)})]
     return _JTI_INSERT.send(session, rows)
 
 
@@ -221,11 +223,13 @@ def use_jtis(session: Session, items: list[tuple[int, list[Any]]]) -> Settle:
         for index, intents in items:
             if index in refused:
                 continue
+            claimed: set[tuple[str, str]] = set()
             for issuer, jti, _expires, replayed in intents:
                 key = (issuer, jti)
-                if key not in inserted or owner[key] != index:
-                    out[index] = replayed(issuer)
-                    break
+                if key not in inserted or owner[key] != index or key in claimed:
+                    out[index] = replayed(issuer)  # stored before, an earlier unit's, or
+                    break  # twice in this unit
+                claimed.add(key)
         orphans = [{"issuer": i, "jti": j} for i, j in inserted if (i, j) not in owner]
         if orphans:
             _FORGET_JTI.run_many(session, orphans)
