@@ -251,6 +251,22 @@ def test_every_decision_is_an_audit_event(app_client: TestClient, pdp: dict[str,
         assert services.audit.verify(s).ok
 
 
+def test_a_subject_id_longer_than_the_audit_column_is_decided_and_audited(
+        app_client: TestClient, pdp: dict[str, str], services: Services) -> None:
+    """AuthZEN allows ids up to 256 characters; the audit log's subject column holds 200.
+    The event records the id cut to fit (the whole id stays in its data), instead of failing
+    the group committer's batch, and with it other callers' requests."""
+    long_id = "u" * 256
+    r = ev(app_client, pdp, {"subject": {"type": "user", "id": long_id},
+                             "action": {"name": "read"}, "resource": PUB})
+    assert r.status_code == 200 and r.json()["decision"] is False
+    with services.sessions() as s:
+        (event,) = [e for e in services.audit.events(s, type="authz.decision.made", limit=100)
+                    if e.data["request"]["subject"]["id"] == long_id]
+        assert event.subject == "u" * 199 + "\u2026"
+        assert services.audit.verify(s).ok
+
+
 def test_push_of_an_invalid_policy_is_refused_and_the_active_version_stays(
         app_client: TestClient, pdp: dict[str, str]) -> None:
     bad = "permit (principal, action, resource);\npermit (principal,\n action ==, resource);"

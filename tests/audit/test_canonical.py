@@ -140,7 +140,8 @@ def test_a_value_too_long_for_its_column_is_refused_not_cut(services: Services) 
     a value too long for it (as a bound parameter is refused), never store it cut short."""
     if services.engine.dialect.name != "postgresql":
         pytest.skip("SQLite does not enforce string lengths")
-    evt = services.audit.event("oauth.token.issued", actor="idn_a", resource="r" * 401)
+    evt = services.audit.event("oauth.token.issued", actor="idn_a")
+    evt["resource"] = "r" * 401  # past `event`, which cuts values to fit
     with pytest.raises(Exception, match="too long"):
         services.audit.commit_unit(WriteUnit(events=[evt]))
     kept = services.audit.event("oauth.token.issued", actor="idn_a", resource="r" * 400)
@@ -180,8 +181,8 @@ def test_a_failed_append_with_a_checkpoint_due_fails_the_batch(services: Service
     services.audit.options.checkpoint_every = 1000
     events = [services.audit.event("oauth.token.issued", actor="idn_a", data={"i": i})
               for i in range(1200)]
-    events.append(services.audit.event("oauth.token.issued", actor="idn_a",
-                                       resource="r" * 401))
+    events.append(services.audit.event("oauth.token.issued", actor="idn_a"))
+    events[-1]["resource"] = "r" * 401  # past `event`, which cuts values to fit
     with pytest.raises(Exception, match="too long"):
         services.audit.commit_unit(WriteUnit(events=events))
     with services.sessions() as s:
@@ -224,3 +225,22 @@ def test_an_event_timestamp_not_in_utc_is_refused(services: Services) -> None:
     evt["ts"] = evt["ts"].astimezone(timezone(timedelta(hours=2)))
     with pytest.raises(ValueError, match="UTC"):
         services.audit.commit_unit(WriteUnit(events=[evt]))
+
+
+def test_event_fields_are_made_storable_for_their_own_event(services: Services) -> None:
+    """A value the database would refuse fails no batch: too long for its column, a NUL
+    character (PostgreSQL's text cannot hold one), a lone surrogate (no encoding can)."""
+    odd = services.audit.event("oauth.token.issued", actor="a\x00b", subject="s" * 300,
+                               action="x\ud800y", reasons=["r\udfffs", "ok"],
+                               ctx=RequestContext(request_id="q" * 150, source="1.2.3.4"))
+    plain = services.audit.event("oauth.token.issued", actor="idn_a")
+    services.audit.commit_unit(WriteUnit(events=[odd]))
+    services.audit.commit_unit(WriteUnit(events=[plain]))
+    with services.sessions() as s:
+        report = services.audit.verify(s)
+        rows = list(s.scalars(select(AuditEventRow).order_by(AuditEventRow.seq)))
+    assert report.ok, report.problems
+    first = rows[0]
+    assert (first.actor, first.action, first.reasons) == ("a\ufffdb", "x?y", ["r?s", "ok"])
+    assert first.subject == "s" * 199 + "\u2026" and len(first.request_id) == 100
+    assert rows[1].actor == "idn_a"

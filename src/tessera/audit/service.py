@@ -125,6 +125,7 @@ _MOVE_HEAD = FastStatement(update(_HEAD).where(_HEAD.c.id == 1).values(
 _EVENT_COLUMNS = [c.name for c in AuditEventRow.__table__.columns]
 _TEXT_COLUMNS = [i for i, c in enumerate(AuditEventRow.__table__.columns) if is_string(c.type)]
 _ZERO = timedelta(0)
+_LIMITS = {c.name: c.type.length for c in AuditEventRow.__table__.columns if is_string(c.type)}
 
 
 def _append_statement() -> FastStatement:
@@ -194,6 +195,25 @@ def row_dict(row: AuditEventRow) -> dict[str, Any]:
 def event_dict(row: AuditEventRow) -> dict[str, Any]:
     """The hashed fields of a row, as plain JSON values."""
     return hashed_part(row_dict(row))
+
+
+def _fit(value: Any, limit: int | None) -> Any:
+    """A field of an event as its column can store it. The group committer writes the events
+    of many requests in one transaction, so one value the database refuses (longer than its
+    column, a NUL character on PostgreSQL, a lone surrogate nothing can encode) would fail
+    every request of the batch: such a value is made storable here, for the event it belongs
+    to (cut to the column's length, ending in an ellipsis; NUL and lone surrogates replaced)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        value = str(value)
+    if not value.isascii():
+        value = value.encode("utf-8", "replace").decode()  # lone surrogates become "?"
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    if limit is not None and len(value) > limit:
+        value = value[:limit - 1] + "\u2026"
+    return value
 
 
 class AuditService:
@@ -350,11 +370,14 @@ class AuditService:
         now = self._clock.now()
         # 80 random bits: events are made thousands of times a second, on several nodes.
         return {"id": new_id("evt", now, 10), "ts": now, "type": type,
-                "actor": actor if actor is not None else ctx.actor, "subject": subject,
-                "action": scrub(action), "resource": scrub(resource), "outcome": outcome,
-                "reasons": [scrub(str(r)) for r in reasons], "request_id": ctx.request_id,
-                "source": ctx.source, "node_id": self._node_id,
-                "data": decoded, DATA_JSON: (decoded, data_json)}
+                "actor": _fit(actor if actor is not None else ctx.actor, _LIMITS["actor"]),
+                "subject": _fit(subject, _LIMITS["subject"]),
+                "action": _fit(scrub(action), _LIMITS["action"]),
+                "resource": _fit(scrub(resource), _LIMITS["resource"]), "outcome": outcome,
+                "reasons": [_fit(scrub(str(r)), None) for r in reasons],
+                "request_id": _fit(ctx.request_id, _LIMITS["request_id"]),
+                "source": _fit(ctx.source, _LIMITS["source"]),
+                "node_id": self._node_id, "data": decoded, DATA_JSON: (decoded, data_json)}
 
     def record(self, session: Session, type: str, *, outcome: str = "success",
                actor: str | None = None, subject: str | None = None, action: str | None = None,
