@@ -62,17 +62,23 @@ def per_call(fn: Callable[[], object], n: int) -> float:
     return statistics.median(rounds)
 
 
+def stat_ticks(path: str) -> tuple[int, int]:
+    """(user, system) clock ticks from a /proc `stat` file; (0, 0) if it is gone."""
+    try:
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0, 0
+    return int(fields[11]), int(fields[12])
+
+
 def cpu_split(pids: list[int]) -> tuple[float, float]:
     """(user, system) CPU seconds of the given live processes."""
     user = system = 0
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        user += int(fields[11])
-        system += int(fields[12])
+        u, s = stat_ticks(f"/proc/{pid}/stat")
+        user += u
+        system += s
     return user / CLK_TCK, system / CLK_TCK
 
 

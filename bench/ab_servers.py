@@ -31,8 +31,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CLK_TCK, cpu_split, free_port, process_tree, scratch_database  # noqa: E402
-from token_issuance import assertions, drive, prepare, wait_healthy  # noqa: E402
+from _common import (
+    CLK_TCK,
+    cpu_split,
+    free_port,
+    process_tree,
+    scratch_database,
+    stat_ticks,
+)
+from token_issuance import assertions, drive, prepare, wait_healthy
 
 
 def thread_split(pids: list[int]) -> tuple[int, int]:
@@ -44,12 +51,7 @@ def thread_split(pids: list[int]) -> tuple[int, int]:
         except OSError:
             continue
         for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            ticks = int(fields[11]) + int(fields[12])
+            ticks = sum(stat_ticks(f"/proc/{pid}/task/{tid}/stat"))
             if tid == str(pid):
                 loops += ticks
             else:
@@ -58,19 +60,16 @@ def thread_split(pids: list[int]) -> tuple[int, int]:
 
 
 def postgres_ticks() -> int:
+    """Clock ticks of every PostgreSQL process on this machine."""
     total = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+    for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/comm") as f:
                 if f.read().strip() != "postgres":
                     continue
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
+        total += sum(stat_ticks(f"/proc/{pid}/stat"))
     return total
 
 

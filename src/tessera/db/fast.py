@@ -70,7 +70,7 @@ class Sent:
     cursor back for the statement's next run. Read every `Sent` before its transaction ends:
     SQLite cannot commit while a statement's result is unread."""
 
-    __slots__ = ("_cur", "_returns_rows", "_pool", "_key")
+    __slots__ = ("_cur", "_key", "_pool", "_returns_rows")
 
     def __init__(self, cur: Any, returns_rows: bool, pool: dict[Any, Any], key: Any) -> None:
         self._cur = cur

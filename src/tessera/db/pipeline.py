@@ -52,12 +52,11 @@ class Transactions:
         self._pipe: Any = None  # the pipeline of the open implicit transaction
         self._explicit = False  # a BEGIN turned the batch's transaction into a block
         self._failed: BaseException | None = None  # what ended the batch's transaction
-        if conn.dialect.name == "postgresql":
-            if psycopg.Pipeline.is_supported():
-                conn.execution_options(isolation_level="AUTOCOMMIT")
-                self._raw = conn.connection.driver_connection
-                event.listen(conn, "before_cursor_execute", self._before_sqlalchemy)
-                event.listen(conn, "rollback", self._abandon)
+        if conn.dialect.name == "postgresql" and psycopg.Pipeline.is_supported():
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            self._raw = conn.connection.driver_connection
+            event.listen(conn, "before_cursor_execute", self._before_sqlalchemy)
+            event.listen(conn, "rollback", self._abandon)
 
     @property
     def pipelined(self) -> bool:

@@ -30,8 +30,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.audit import AuditService
-from tessera.audit.service import Settle
 from tessera.audit.groupcommit import WriteUnit
+from tessera.audit.service import Settle
 from tessera.db.fast import FastRowsStatement, FastStatement, Sent, aware, json_values, jsonb_rows
 from tessera.errors import WouldBlock
 from tessera.identity import IdentityService
