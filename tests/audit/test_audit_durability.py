@@ -124,22 +124,25 @@ def test_committer_retries_a_deadlock_victim(services: Services, monkeypatch: An
         assert [e.type for e in services.audit.events(s, type="test.retry")] == ["test.retry"]
 
 
-def test_usage_stamps_run_in_one_order_whatever_the_units() -> None:
+def test_usage_stamps_run_in_one_order_whatever_the_units(monkeypatch: Any) -> None:
     """Row locks taken in a stable order (table, row) keep committers of several workers from
     deadlocking one another."""
+    from tessera.db.fast import FastStatement
+    from tessera.identity.service import _TOUCH_IDENTITY, _TOUCH_KEY
     from tessera.oauth.deferred import run_statements
 
-    seen: list[str] = []
+    seen: list[tuple[str, str]] = []
 
-    class Recorder:
-        def execute(self, _stmt: Any, params: dict[str, Any]) -> None:
-            seen.append(params["row_id"])
+    def record(stmt: FastStatement, _session: Any, params: dict[str, Any]) -> list[Any]:
+        seen.append((stmt._stmt.table.name, params["row_id"]))  # type: ignore[attr-defined]
+        return []
 
-    from tessera.identity.service import _TOUCH_IDENTITY
-
-    run_statements(Recorder(), [(0, [(_TOUCH_IDENTITY, {"row_id": "idn_b", "now": 1})]),
-                                (1, [(_TOUCH_IDENTITY, {"row_id": "idn_a", "now": 1})])])
-    assert seen == ["idn_a", "idn_b"]
+    monkeypatch.setattr(FastStatement, "run", record)
+    run_statements(None, [  # type: ignore[arg-type]
+        (0, [(_TOUCH_IDENTITY, {"row_id": "idn_b", "now": 1}),
+             (_TOUCH_KEY, {"row_id": "key_a", "now": 1})]),
+        (1, [(_TOUCH_IDENTITY, {"row_id": "idn_a", "now": 1})])])
+    assert seen == [("credentials", "key_a"), ("identities", "idn_a"), ("identities", "idn_b")]
 
 
 def _counting_committer() -> tuple[Any, list[int]]:

@@ -239,3 +239,25 @@ def test_closing_the_session_mid_batch_rolls_back(engine: Engine) -> None:
     assert _stored(engine) == set()
     with make_session_factory(engine)() as again:
         assert _idle(again)
+
+
+def test_usage_stamps_stay_in_the_pipeline(batch: tuple[Session, Transactions], db_url: str,
+                                           engine: Engine) -> None:
+    """With many identities nearly every batch carries a usage stamp: the stamps run on the
+    driver, in the batch's pipeline, not through SQLAlchemy (which would leave it)."""
+    from tessera.identity.service import _TOUCH_IDENTITY
+    from tessera.oauth.deferred import run_statements
+
+    from tessera.identity.models import IdentityRow
+
+    with make_session_factory(engine)() as s:
+        s.add(IdentityRow(id="idn_s", name="s", kind="human", created_at=EXP, updated_at=EXP))
+        s.commit()
+    session, txn = batch
+    txn.begin()
+    run_statements(session, [(0, [(_TOUCH_IDENTITY, {"row_id": "idn_s", "now": EXP})])])
+    assert txn.pipelined == db_url.startswith("postgresql")
+    txn.commit(session)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT last_seen_at FROM identities WHERE id = 'idn_s'")
+                            ).scalar() is not None

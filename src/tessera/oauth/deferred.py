@@ -247,8 +247,24 @@ def run_statements(session: Session, items: list[tuple[int, list[Any]]]
                      key=lambda s: (str(getattr(s[0], "table", "")),
                                     str(s[1].get("row_id", ""))))
     for stmt, params in ordered:
-        session.execute(stmt, params)
+        _fast(stmt).run(session, params)
     return {}
+
+
+_FAST: dict[Any, FastStatement] = {}
+
+
+def _fast(stmt: Any) -> FastStatement:
+    """`stmt` run on the driver: through SQLAlchemy, a statement would take PostgreSQL's
+    batch out of its pipeline (tessera.db.pipeline), and with many identities nearly every
+    batch carries a usage stamp. The stamps' statements are built once (a bounded cache, in
+    case a caller builds its statements per request)."""
+    fast = _FAST.get(stmt)
+    if fast is None:
+        fast = FastStatement(stmt)
+        if len(_FAST) < 64:
+            _FAST[stmt] = fast
+    return fast
 
 
 def install(audit: AuditService) -> None:
