@@ -120,3 +120,11 @@ TOKEN_CASES: dict[str, str] = {
 def test_token_rules(case: str) -> None:
     with pytest.raises(MalformedJWT):
         peek_compact(TOKEN_CASES[case], ALGS)
+
+
+def test_valid_jti_is_text_the_replay_cache_can_store() -> None:
+    from tessera.jwt_peek import valid_jti
+
+    assert valid_jti("a") and valid_jti("é" * 200) and valid_jti("日本")
+    for bad in ("", "a" * 201, "a\x00b", "x\ud800", None, 42, ["a"]):
+        assert not valid_jti(bad), bad

@@ -112,3 +112,17 @@ def peek_compact(token: str, allowed_algs: Collection[str]) -> PeekedJWS:
         raise MalformedJWT(f"algorithm {alg!r} not allowed")
     signing_input = f"{header_segment}.{payload_segment}".encode("ascii")
     return PeekedJWS(header, claims, signing_input, signature)
+
+
+def valid_jti(value: object) -> bool:
+    """A `jti` the replay cache can store: 1-200 characters, no NUL, no lone surrogate. The
+    cache is written in the audit committer's batch, where a value PostgreSQL's text cannot
+    hold (a NUL) or nothing can encode (a lone surrogate) would fail every request of it."""
+    if not isinstance(value, str) or not 0 < len(value) <= 200 or "\x00" in value:
+        return False
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return False
+    return True

@@ -162,6 +162,7 @@ def _counting_committer() -> tuple[Any, list[int]]:
 
     class FakeTransactions:  # tessera.db.pipeline.Transactions' interface
         conn = FakeConn()
+        pipelines = False
 
         def begin(self) -> None: ...
         def commit(self, session: Any) -> None: session.commit()
@@ -441,8 +442,7 @@ def test_the_committer_outlives_a_database_it_cannot_reach() -> None:
 
 
 def test_committed_batches_sign_their_checkpoints(services: Services) -> None:
-    """A checkpoint falls due inside a committer batch: its row (written through SQLAlchemy,
-    which takes PostgreSQL's batch out of its pipeline) commits with the batch."""
+    """A checkpoint falls due inside a committer batch: its row commits with the batch."""
     from tessera.audit.groupcommit import WriteUnit
 
     services.audit.options.checkpoint_every = 3

@@ -205,11 +205,10 @@ def test_a_checkpoint_commits_with_its_batch(services: Services) -> None:
 
 
 def test_an_event_whose_text_column_holds_no_text_is_refused(services: Services) -> None:
-    """PostgreSQL's batch insert reads values as JSON: a number where text belongs would be
-    stored as its digits while the chain hashed a number. Refused, as a bound parameter of
-    the wrong type is on SQLite's path by the chain check (and was on PostgreSQL's)."""
-    if services.engine.dialect.name != "postgresql":
-        pytest.skip("the check guards PostgreSQL's JSON insert")
+    """A number where text belongs would be stored as its digits (PostgreSQL's batch insert
+    reads values as JSON) or as a number in a text column (SQLite) while the chain hashed a
+    number: verification would then call the event modified. Refused before anything is
+    written (`event` itself makes every field text)."""
     evt = services.audit.event("oauth.token.issued", actor="idn_a")
     evt["subject"] = 42
     with pytest.raises(TypeError, match="subject"):
@@ -244,3 +243,12 @@ def test_event_fields_are_made_storable_for_their_own_event(services: Services) 
     assert (first.actor, first.action, first.reasons) == ("a\ufffdb", "x?y", ["r?s", "ok"])
     assert first.subject == "s" * 199 + "\u2026" and len(first.request_id) == 100
     assert rows[1].actor == "idn_a"
+
+
+def test_event_data_the_json_type_cannot_hold_is_refused_by_its_caller(
+        services: Services) -> None:
+    """NaN and the infinities: PostgreSQL's json refuses them, which would fail every request
+    of the batch; `event` refuses them, failing only its own caller."""
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError):
+            services.audit.event("oauth.token.issued", data={"latency": bad})

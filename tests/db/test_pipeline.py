@@ -261,3 +261,110 @@ def test_usage_stamps_stay_in_the_pipeline(batch: tuple[Session, Transactions], 
     with engine.connect() as conn:
         assert conn.execute(text("SELECT last_seen_at FROM identities WHERE id = 'idn_s'")
                             ).scalar() is not None
+
+
+def _postgresql_only(db_url: str) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL aborts a whole transaction on any failed statement")
+
+
+def _failing(session: Session) -> None:
+    """A statement that fails at the server, its error not yet read (pipelined)."""
+    _run_raw(session, "INSERT INTO used_jtis (issuer, jti, expires_at) "
+                      "VALUES ('iss', 'bad', NULL)")
+
+
+def test_a_failure_already_read_and_handled_still_fails_the_commit(
+        batch: tuple[Session, Transactions], engine: Engine, db_url: str) -> None:
+    """The server rolls the whole implicit transaction back, and psycopg raises each error
+    once: the commit must not report the batch committed because nothing is left to raise."""
+    from sqlalchemy import column
+
+    from tessera.db.fast import FastStatement
+
+    _postgresql_only(db_url)
+    session, txn = batch
+    txn.begin()
+    insert_jtis(session, [_row("a")])
+    with pytest.raises(Exception, match="division by zero"):
+        FastStatement(text("SELECT 1 / 0 AS y").columns(column("y"))).send(session).rows()
+    with pytest.raises(Exception, match="failed"):
+        txn.commit(session)
+    txn.rollback(session)
+    assert _stored(engine) == set()
+    assert _idle(session)
+
+
+def test_statements_after_a_hidden_failure_are_not_committed_one_by_one(
+        batch: tuple[Session, Transactions], engine: Engine, db_url: str) -> None:
+    """Once the batch's transaction is gone (rolled back by the Sync that left the pipeline),
+    the statements the batch still runs must not commit each on its own."""
+    from tessera.oauth.models import UsedJTIRow
+
+    _postgresql_only(db_url)
+    session, txn = batch
+    txn.begin()
+    insert_jtis(session, [_row("a")])
+    _failing(session)
+    try:
+        session.execute(text("SELECT 1"))
+    except Exception:  # noqa: BLE001 - a handler that logs and goes on
+        pass
+    insert_jtis(session, [_row("driver-after")])
+    session.add(UsedJTIRow(issuer="iss", jti="orm-after", expires_at=EXP))
+    with pytest.raises(Exception, match="(?i)null"):
+        txn.commit(session)
+    txn.rollback(session)
+    assert _stored(engine) == set()
+
+
+def test_a_failure_after_leaving_the_pipeline_fails_the_commit(
+        batch: tuple[Session, Transactions], engine: Engine, db_url: str) -> None:
+    _postgresql_only(db_url)
+    session, txn = batch
+    txn.begin()
+    insert_jtis(session, [_row("a")])
+    session.execute(text("SELECT 1"))  # leaves the pipeline: an ordinary transaction now
+    assert not txn.pipelined
+    try:
+        session.execute(text("SELECT 1 / 0"))
+    except Exception:  # noqa: BLE001 - a handler that logs and goes on
+        pass
+    with pytest.raises(Exception, match="aborted"):
+        txn.commit(session)
+    txn.rollback(session)
+    assert _stored(engine) == set()
+
+
+def test_a_transient_failure_is_retried_on_a_new_connection(services: Any,
+                                                           db_url: str) -> None:
+    """psycopg counts a statement as prepared once its Parse is queued; in a pipeline whose
+    earlier statement failed the server skipped that Parse, and each later run of the
+    statement on that connection fails. Every batch here fails once (a serialization failure,
+    which the committer retries) before the chain head's lock: all must commit."""
+    from sqlalchemy import column
+
+    from tessera.audit.groupcommit import WriteUnit
+    from tessera.db.fast import FastStatement
+
+    _postgresql_only(db_url)
+    fail = FastStatement(text(
+        "DO $$ BEGIN RAISE EXCEPTION 'simulated' USING ERRCODE = '40001'; END $$"))
+    noop = FastStatement(text("SELECT 1 AS one").columns(column("one")))
+    failed: set[int] = set()
+
+    def hook(session: Session, items: list[tuple[int, list[Any]]]) -> Any:
+        first = items[0][1][0] not in failed
+        failed.add(items[0][1][0])
+        sent = (fail if first else noop).send(session)
+        return lambda _refused: (sent.rows(), {})[1]
+
+    services.audit.register_hook("test.flaky", hook, pipelined=True)
+    for i in range(10):
+        services.audit.commit_unit(WriteUnit(
+            events=[services.audit.event("oauth.token.issued", data={"i": i})],
+            intents={"test.flaky": [i]}))
+    assert failed == set(range(10))
+    with services.sessions() as s:
+        report = services.audit.verify(s)
+    assert report.ok and report.checked == 10

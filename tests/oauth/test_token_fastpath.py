@@ -373,3 +373,12 @@ def test_client_memo_gives_what_a_fresh_build_gives_at_every_instant() -> None:
     suspended = dataclasses.replace(view, status="suspended")
     assert memo.client(suspended, minutes(2)).usable is False
     assert memo.client(view, minutes(2)).usable is True
+
+
+def test_a_jti_the_replay_cache_cannot_store_is_refused_alone(
+        app_client: TestClient, agent: Actor, services: Services) -> None:
+    """A NUL in a jti (PostgreSQL's text cannot hold one) is refused for its own request; in
+    the committer's batch it would have failed every request committed with it."""
+    assert _token(app_client, agent, jti="a\x00b").status_code == 401
+    assert _token(app_client, agent).status_code == 200
+    assert "missing or invalid jti" in _refusal_reasons(services)

@@ -187,12 +187,7 @@ class GroupCommitter:
                         log.exception("audit committer cannot connect")
                         _settle([(fut, exc) for _, fut in batch])
                         continue
-                session, txn = opened
-                if not self._commit_batch(session, txn, batch):
-                    opened = None
-                    session.close()
-                    txn.conn.invalidate()
-                    txn.conn.close()
+                opened = self._commit_batch(opened, batch)
         finally:
             if opened is not None:
                 opened[0].close()
@@ -208,8 +203,18 @@ class GroupCommitter:
             raise
         return self._sessions(bind=conn), txn
 
-    def _commit_batch(self, session: Session, txn: Transactions,
-                      batch: list[tuple[WriteUnit, Waiter]]) -> bool:
+    @staticmethod
+    def _discard(session: Session, txn: Transactions) -> None:
+        session.close()
+        txn.conn.invalidate()
+        txn.conn.close()
+
+    def _commit_batch(self, opened: tuple[Session, Transactions],
+                      batch: list[tuple[WriteUnit, Waiter]]
+                      ) -> tuple[Session, Transactions] | None:
+        """Commit `batch`, retrying transient failures; the session and transactions to use
+        next, or None when the batch failed (they are discarded then)."""
+        session, txn = opened
         units = [unit for unit, _ in batch]
         for attempt in range(1, RETRIES + 1):
             try:
@@ -220,16 +225,28 @@ class GroupCommitter:
             except Exception as exc:
                 try:
                     txn.rollback(session)
-                except Exception:  # noqa: BLE001 - the connection is replaced by the caller
+                except Exception:  # noqa: BLE001 - the connection is replaced below
                     pass
                 if attempt < RETRIES and _transient(exc):
                     # A deadlock victim or a serialization failure: nothing was written, the
-                    # same batch is applied again (the units are pure data).
+                    # same batch is applied again (the units are pure data). A pipelined
+                    # attempt is retried on a new connection: psycopg counts a statement as
+                    # prepared once its Parse is queued, which the server skipped if an
+                    # earlier statement failed, and every later run would fail.
                     log.warning("audit group commit retried after %s", type(exc).__name__)
+                    if txn.pipelines:
+                        self._discard(session, txn)
+                        try:
+                            session, txn = self._open()
+                        except Exception as reopen:  # database unreachable: fail the batch
+                            log.exception("audit committer cannot connect")
+                            _settle([(fut, reopen) for _, fut in batch])
+                            return None
                     continue
                 log.exception("audit group commit failed")
                 _settle([(fut, exc) for _, fut in batch])
-                return False
+                self._discard(session, txn)  # the connection may be the thing that failed
+                return None
             except BaseException as exc:  # the thread is being torn down: roll back first
                 try:  # (on PostgreSQL closing the session mid-pipeline would commit)
                     txn.rollback(session)
@@ -248,7 +265,7 @@ class GroupCommitter:
                 self._after_commit(written)
             except Exception:
                 log.exception("audit subscriber failed")
-        return True
+        return session, txn
 
     def close(self) -> None:
         with self._cond:

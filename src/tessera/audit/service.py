@@ -123,8 +123,13 @@ _STREAM_AFTER = _after(*(AuditEventRow.__table__.c[name] for name in StreamEvent
 _MOVE_HEAD = FastStatement(update(_HEAD).where(_HEAD.c.id == 1).values(
     seq=bindparam("new_seq"), hash=bindparam("new_hash")))
 _EVENT_COLUMNS = [c.name for c in AuditEventRow.__table__.columns]
-_TEXT_COLUMNS = [i for i, c in enumerate(AuditEventRow.__table__.columns) if is_string(c.type)]
+_TEXT_COLUMNS = [c.name for c in AuditEventRow.__table__.columns if is_string(c.type)]
 _ZERO = timedelta(0)
+# The chain's canonical encoding (the same text for every finite value), refusing NaN and the
+# infinities: PostgreSQL's json type cannot hold them, and one would fail every request of its
+# group-commit batch; refused in `event`, it fails its own.
+_strict_text = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                default=str, allow_nan=False).encode
 _LIMITS = {c.name: c.type.length for c in AuditEventRow.__table__.columns if is_string(c.type)}
 
 
@@ -363,7 +368,7 @@ class AuditService:
         write) as long as the event's `data` is still that object. Raises ValueError for data
         the chain cannot hash."""
         ctx = ctx or RequestContext()
-        data_json = canonical_text(scrub(data or {}))
+        data_json = _strict_text(scrub(data or {}))  # the chain's encoding, refusing NaN
         data_json.encode()  # text the chain cannot hash (a lone surrogate) fails here, not
         # in the committer, where it would fail every request of the batch
         decoded = json.loads(data_json)
@@ -424,13 +429,12 @@ class AuditService:
                 else canonical_text(out["data"])
             row = {**evt, "seq": seq, "prev_hash": prev, "hash": digest,
                    "data": data_json, "reasons": canonical_text(out["reasons"])}
+            for name in _TEXT_COLUMNS:  # what is stored must read back as what was hashed
+                if row[name] is not None and type(row[name]) is not str:
+                    raise TypeError(f"audit event {name} must be a string")
             if pg:
                 row["ts"] = out["ts"]
-                values = [row[name] for name in _EVENT_COLUMNS]
-                for i in _TEXT_COLUMNS:  # a bound parameter of another type is refused
-                    if values[i] is not None and type(values[i]) is not str:
-                        raise TypeError(f"audit event {_EVENT_COLUMNS[i]} must be a string")
-                rows.append(values)
+                rows.append([row[name] for name in _EVENT_COLUMNS])
             else:
                 rows.append(row)
             out["prev_hash"], out["hash"] = prev, digest

@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from psycopg.pq import TransactionStatus
+from psycopg.pq import PipelineStatus, TransactionStatus
 from sqlalchemy import Connection, event
 from sqlalchemy.orm import Session
 
@@ -59,6 +59,11 @@ class Transactions:
             event.listen(conn, "rollback", self._abandon)
 
     @property
+    def pipelines(self) -> bool:
+        """Whether this connection's batches run in pipeline mode."""
+        return self._raw is not None
+
+    @property
     def pipelined(self) -> bool:
         """Whether the open transaction is a pipeline's implicit one."""
         return self._pipe is not None
@@ -72,10 +77,16 @@ class Transactions:
 
     def commit(self, session: Session) -> None:
         """Commit; raises the error of any statement that failed (nothing is committed)."""
-        session.flush()  # ORM objects added during the batch are written in it, not after
         if self._failed is not None:
             raise self._failed  # the server rolled the batch back (see _before_sqlalchemy)
+        session.flush()  # ORM objects added during the batch are written in it, not after
+        if self._failed is not None:  # (the flush may have left the pipeline)
+            raise self._failed
         if self._pipe is not None:
+            if self._raw.pgconn.pipeline_status == PipelineStatus.ABORTED:
+                # A statement failed and its error was read (and handled) already: the Sync
+                # would raise nothing, and roll the batch back.
+                raise BatchAborted("a statement of the batch failed")
             self._leave()  # the Sync: sends the writes, commits, raises what failed
         elif self._explicit:
             self._explicit = False
@@ -123,14 +134,26 @@ class Transactions:
         that "could not be signed") can turn the lost batch into a committed one."""
         if self._pipe is None:
             return
+        failed: BaseException | None = None
         try:
             self._raw.execute("BEGIN", prepare=False)
+        except BaseException as exc:  # an earlier statement's error, read just now
+            failed = exc
+        try:
             self._leave()
-            if self._raw.info.transaction_status != TransactionStatus.INTRANS:
-                raise BatchAborted("the batch's transaction ended before its statements did")
-        except BaseException as exc:
-            self._failed = exc
-            raise
+        except BaseException as exc:  # keep the first error: it names the cause (and its
+            failed = failed or exc  # SQLSTATE decides whether the batch is retried)
+        if failed is None and self._raw.info.transaction_status != TransactionStatus.INTRANS:
+            failed = BatchAborted("the batch's transaction ended before its statements did")
+        if failed is not None:
+            self._failed = failed
+            try:  # the batch is gone: what else it runs goes into a block that is rolled back
+                if self._raw.info.transaction_status == TransactionStatus.IDLE:
+                    self._raw.execute("BEGIN", prepare=False)
+                    self._explicit = True
+            except Exception:  # noqa: BLE001 - `_failed` fails the commit whatever happens
+                pass
+            raise failed
         self._explicit = True
 
 

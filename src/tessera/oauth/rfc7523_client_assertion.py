@@ -19,7 +19,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import JWKRegistry, Key
 
 from tessera.errors import InvalidClient
-from tessera.jwt_peek import MalformedJWT, PeekedJWS, peek_compact
+from tessera.jwt_peek import MalformedJWT, PeekedJWS, peek_compact, valid_jti
 from tessera.identity.jwk_policy import algorithms_for
 from tessera.oauth.ports import Client, ClientKey, ClientStore, ReplayCache
 
@@ -184,7 +184,7 @@ class ClientAssertionVerifier:
         if nbf is not None and nbf > ts + self._leeway:
             raise AssertionRejected("assertion not yet valid", client_id)
         jti = claims.get("jti")
-        if not isinstance(jti, str) or not 0 < len(jti) <= 200:
+        if not valid_jti(jti):
             raise AssertionRejected("missing or invalid jti", client_id)
         # RFC 7523 §3 item 7: a jti is single-use until the assertion expires.
         expires = datetime.fromtimestamp(exp + self._leeway, timezone.utc)

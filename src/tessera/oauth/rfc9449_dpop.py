@@ -25,6 +25,7 @@ from joserfc.jws import extract_compact
 
 from tessera.errors import OAuthError
 from tessera.identity.jwk_policy import PRIVATE_MEMBERS, algorithms_for
+from tessera.jwt_peek import valid_jti
 from tessera.oauth.ports import ReplayCache
 
 TYP = "dpop+jwt"
@@ -172,8 +173,8 @@ class DPoPVerifier:
             raise fail("signature does not verify") from exc
         jti, htm, htu, iat = (claims.get("jti"), claims.get("htm"), claims.get("htu"),
                               claims.get("iat"))
-        if not isinstance(jti, str) or not 0 < len(jti) <= 200:
-            raise fail("jti missing")
+        if not valid_jti(jti):
+            raise fail("jti missing or invalid")
         if not isinstance(iat, (int, float)) or isinstance(iat, bool):
             raise fail("iat missing")
         # Item 8: htm matches the request method.
