@@ -5,7 +5,7 @@ it off and whatever runs in it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -245,10 +245,9 @@ def test_usage_stamps_stay_in_the_pipeline(batch: tuple[Session, Transactions], 
                                            engine: Engine) -> None:
     """With many identities nearly every batch carries a usage stamp: the stamps run on the
     driver, in the batch's pipeline, not through SQLAlchemy (which would leave it)."""
+    from tessera.identity.models import IdentityRow
     from tessera.identity.service import _TOUCH_IDENTITY
     from tessera.oauth.deferred import run_statements
-
-    from tessera.identity.models import IdentityRow
 
     with make_session_factory(engine)() as s:
         s.add(IdentityRow(id="idn_s", name="s", kind="human", created_at=EXP, updated_at=EXP))

@@ -137,12 +137,12 @@ class Transactions:
         failed: BaseException | None = None
         try:
             self._raw.execute("BEGIN", prepare=False)
-        except BaseException as exc:  # an earlier statement's error, read just now
+        except BaseException as exc:  # noqa: BLE001 - an earlier statement's error, read now
             failed = exc
         try:
             self._leave()
-        except BaseException as exc:  # keep the first error: it names the cause (and its
-            failed = failed or exc  # SQLSTATE decides whether the batch is retried)
+        except BaseException as exc:  # noqa: BLE001 - keep the first error: it names the cause
+            failed = failed or exc  # (and its SQLSTATE decides whether the batch is retried)
         if failed is None and self._raw.info.transaction_status != TransactionStatus.INTRANS:
             failed = BatchAborted("the batch's transaction ended before its statements did")
         if failed is not None:
