@@ -28,9 +28,12 @@ MAX_PROBLEMS = 1000
 
 # What `json.dumps` with these arguments builds on every call (its arguments differ from the
 # defaults, so it makes a new encoder each time): built once, the encoding is the same.
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                            default=str)
-canonical_text = _ENCODER.encode
+_OPTIONS: dict[str, Any] = {"sort_keys": True, "separators": (",", ":"),
+                            "ensure_ascii": False, "default": str}
+canonical_text = json.JSONEncoder(**_OPTIONS).encode
+# The same text for every finite value, refusing NaN and the infinities (which PostgreSQL's
+# json type cannot hold): for data entering the log (`AuditService.event`).
+finite_canonical_text = json.JSONEncoder(**_OPTIONS, allow_nan=False).encode
 
 
 def canonical(event: dict[str, Any]) -> bytes:

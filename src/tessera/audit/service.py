@@ -28,6 +28,7 @@ from tessera.audit.chain import (
     VerifyReport,
     canonical_text,
     chain_hash,
+    finite_canonical_text,
     hashed_part,
     ts_text,
     verify_chain,
@@ -35,7 +36,7 @@ from tessera.audit.chain import (
 from tessera.audit.groupcommit import GroupCommitter, WriteUnit
 from tessera.audit.models import AuditCheckpointRow, AuditEventRow, AuditHeadRow, AuditRetentionRow
 from tessera.clock import Clock
-from tessera.db.fast import FastStatement, Sent, is_string, json_values, jsonb_rows
+from tessera.db.fast import FastStatement, JsonbRows, Sent, is_string
 from tessera.errors import Conflict, ValidationFailed
 from tessera.ids import new_id
 
@@ -124,18 +125,14 @@ _MOVE_HEAD = FastStatement(update(_HEAD).where(_HEAD.c.id == 1).values(
     seq=bindparam("new_seq"), hash=bindparam("new_hash")))
 _EVENT_COLUMNS = [c.name for c in AuditEventRow.__table__.columns]
 _TEXT_COLUMNS = [c.name for c in AuditEventRow.__table__.columns if is_string(c.type)]
+_EVENT_ROWS = JsonbRows(AuditEventRow.__table__, _EVENT_COLUMNS)
 _ZERO = timedelta(0)
-# The chain's canonical encoding (the same text for every finite value), refusing NaN and the
-# infinities: PostgreSQL's json type cannot hold them, and one would fail every request of its
-# group-commit batch; refused in `event`, it fails its own.
-_strict_text = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                                default=str, allow_nan=False).encode
 _LIMITS = {c.name: c.type.length for c in AuditEventRow.__table__.columns if is_string(c.type)}
 
 
 def _append_statement() -> FastStatement:
     """PostgreSQL: a batch's events and the head's move in one statement, the events' values
-    in one jsonb parameter (`jsonb_rows`).
+    in one jsonb parameter (`JsonbRows`).
 
     Inserting a batch of 8 events one row each (`executemany`, 16 parameters a row) and moving
     the head took ~490 us of client CPU a batch. The JSON columns (json, which keeps text as
@@ -143,8 +140,7 @@ def _append_statement() -> FastStatement:
     (UTC), so a row stores exactly what was hashed."""
     return FastStatement(text(
         "WITH moved AS (UPDATE audit_head SET seq = :new_seq, hash = :new_hash WHERE id = 1) "
-        f"INSERT INTO audit_events ({', '.join(_EVENT_COLUMNS)}) "
-        + jsonb_rows(AuditEventRow.__table__, _EVENT_COLUMNS)
+        f"INSERT INTO audit_events ({', '.join(_EVENT_COLUMNS)}) " + _EVENT_ROWS.sql
     ).bindparams(bindparam("new_seq", type_=BigInteger()), bindparam("new_hash"),
                  bindparam("rows")))
 
@@ -368,7 +364,8 @@ class AuditService:
         write) as long as the event's `data` is still that object. Raises ValueError for data
         the chain cannot hash."""
         ctx = ctx or RequestContext()
-        data_json = _strict_text(scrub(data or {}))  # the chain's encoding, refusing NaN
+        # NaN or an infinity would fail every request of a PostgreSQL batch: refused here.
+        data_json = finite_canonical_text(scrub(data or {}))
         data_json.encode()  # text the chain cannot hash (a lone surrogate) fails here, not
         # in the committer, where it would fail every request of the batch
         decoded = json.loads(data_json)
@@ -429,19 +426,19 @@ class AuditService:
                 else canonical_text(out["data"])
             row = {**evt, "seq": seq, "prev_hash": prev, "hash": digest,
                    "data": data_json, "reasons": canonical_text(out["reasons"])}
-            for name in _TEXT_COLUMNS:  # what is stored must read back as what was hashed
-                if row[name] is not None and type(row[name]) is not str:
-                    raise TypeError(f"audit event {name} must be a string")
-            if pg:
+            if pg:  # (the jsonb parameter refuses what is not text in a text column)
                 row["ts"] = out["ts"]
                 rows.append([row[name] for name in _EVENT_COLUMNS])
             else:
+                for name in _TEXT_COLUMNS:  # stored, it must read back as what was hashed
+                    if row[name] is not None and type(row[name]) is not str:
+                        raise TypeError(f"{name} must be a string")
                 rows.append(row)
             out["prev_hash"], out["hash"] = prev, digest
             written.append(out)
             prev = digest
         if pg:
-            _APPEND_PG.run(session, {"rows": json_values(rows), "new_seq": seq,
+            _APPEND_PG.run(session, {"rows": _EVENT_ROWS.param(rows), "new_seq": seq,
                                      "new_hash": prev})
         else:
             _INSERT_EVENTS.run_many(session, rows)
@@ -453,11 +450,15 @@ class AuditService:
             except Exception:  # the key (an HSM, say) failed: the batch commits unsigned
                 log.warning("audit checkpoint at %s not signed", seq, exc_info=True)
             else:
-                # A driver-level statement (it rides PostgreSQL's pipeline, see
-                # tessera.db.pipeline); another node's job may have signed this head already.
-                _INSERT_CHECKPOINT.run(session, {column: getattr(row, column)
-                                                 for column in _CHECKPOINT_COLUMNS})
+                self._write_checkpoint(session, row)
         return written
+
+    @staticmethod
+    def _write_checkpoint(session: Session, row: AuditCheckpointRow) -> None:
+        """A driver-level statement (in a committer batch it rides PostgreSQL's pipeline, see
+        tessera.db.pipeline); another node may have signed this head already."""
+        _INSERT_CHECKPOINT.run(session, {column: getattr(row, column)
+                                         for column in _CHECKPOINT_COLUMNS})
 
     def _signed_checkpoint(self, seq: int, hash: str) -> AuditCheckpointRow:
         from tessera.keys.jws import sign_compact
@@ -470,10 +471,6 @@ class AuditService:
                                     "node": self._node_id}, typ=CHECKPOINT_TYP)
         return AuditCheckpointRow(seq=seq, hash=hash, ts=now, kid=signer.kid, jws=jws)
 
-    def _sign_checkpoint(self, session: Session, seq: int, hash: str) -> AuditCheckpointRow:
-        row = self._signed_checkpoint(seq, hash)
-        session.merge(row)
-        return row
 
     def checkpoint(self, session: Session) -> AuditCheckpointRow | None:
         """Sign the current head unless it is already checkpointed (the periodic job)."""
@@ -485,7 +482,9 @@ class AuditService:
         last = session.scalar(select(func.max(AuditCheckpointRow.seq)))
         if seq == 0 or (last is not None and last >= seq):
             return None
-        return self._sign_checkpoint(session, seq, digest)
+        row = self._signed_checkpoint(seq, digest)
+        self._write_checkpoint(session, row)
+        return row
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -167,24 +167,39 @@ class FastRowsStatement:
         return [row for sent in self.send(session, rows) for row in sent.rows()]
 
 
-def jsonb_rows(table: Any, columns: list[str], param: str = "rows") -> str:
-    """PostgreSQL: `SELECT <columns> FROM` a jsonb array of rows, bound to `:param` (each row
-    an array of values in `columns`' order; `json_values` makes the parameter).
+class JsonbRows:
+    """PostgreSQL: `SELECT <columns> FROM` a jsonb array of rows bound to `:param` (`sql`),
+    and that parameter made from rows of values in `columns`' order (`param`).
 
     For statements over many rows: psycopg's CPU per bound parameter, and per distinct
     statement shape, dominates such statements on the client (a multi-row VALUES has both:
     16 parameters a row, one shape per row count). One jsonb parameter is one shape, parsed
     once by PostgreSQL. Strings stay text: the column's assignment cast refuses one too long,
     where a CAST to VARCHAR(n) would cut it short without a word; other values are cast to
-    their column's type."""
-    from sqlalchemy.dialects import postgresql
+    their column's type. A text column must get a string (or None): `->>` would turn a number
+    into its digits, where a bound parameter of the wrong type is refused. Datetimes must be
+    timezone-aware (`aware`): written in RFC 3339, a naive one would be read in the server's
+    time zone."""
 
-    dialect = postgresql.dialect()
-    values = ", ".join(
-        f"r.value ->> {i}" if is_string(table.c[name].type) else
-        f"CAST(r.value ->> {i} AS {table.c[name].type.compile(dialect=dialect)})"
-        for i, name in enumerate(columns))
-    return f"SELECT {values} FROM jsonb_array_elements(CAST(:{param} AS jsonb)) AS r"
+    def __init__(self, table: Any, columns: list[str], param: str = "rows") -> None:
+        from sqlalchemy.dialects import postgresql
+
+        dialect = postgresql.dialect()
+        self._text = [(i, name) for i, name in enumerate(columns)
+                      if is_string(table.c[name].type)]
+        text = {i for i, _ in self._text}
+        values = ", ".join(
+            f"r.value ->> {i}" if i in text else
+            f"CAST(r.value ->> {i} AS {table.c[name].type.compile(dialect=dialect)})"
+            for i, name in enumerate(columns))
+        self.sql = f"SELECT {values} FROM jsonb_array_elements(CAST(:{param} AS jsonb)) AS r"
+
+    def param(self, rows: list[list[Any]]) -> str:
+        for row in rows:
+            for i, name in self._text:
+                if row[i] is not None and type(row[i]) is not str:
+                    raise TypeError(f"{name} must be a string")
+        return orjson.dumps(rows).decode()
 
 
 def is_string(type_: Any) -> bool:
@@ -196,12 +211,9 @@ def is_string(type_: Any) -> bool:
     return isinstance(type_, String)
 
 
-def json_values(rows: list[list[Any]]) -> str:
-    """The parameter of a `jsonb_rows` statement. Values for text columns must be strings (or
-    None): `->>` would turn a number or a list into its JSON text, where a bound parameter of
-    the wrong type is refused. Datetimes must be timezone-aware: they are written in RFC 3339
-    with their offset, and a naive one would be read in the server's time zone (`aware`)."""
-    return orjson.dumps(rows).decode()
+def json_array(values: list[Any]) -> str:
+    """A JSON array parameter (e.g. for `jsonb_array_elements_text`)."""
+    return orjson.dumps(values).decode()
 
 
 def aware(value: datetime) -> datetime:
@@ -211,5 +223,5 @@ def aware(value: datetime) -> datetime:
     return value
 
 
-__all__ = ["FastRowsStatement", "FastStatement", "Sent", "aware", "is_string", "json_values",
-           "jsonb_rows"]
+__all__ = ["FastRowsStatement", "FastStatement", "JsonbRows", "Sent", "aware", "is_string",
+           "json_array"]

@@ -17,7 +17,7 @@ reads a cursor's description right after executing, and in pipeline mode that is
 once the result has arrived. So only the driver-level statements of `tessera.db.fast` ride the
 pipeline. The driver connection is put in autocommit mode (SQLAlchemy restores it when the
 connection goes back to its pool), so that psycopg sends no BEGIN of its own. If SQLAlchemy
-executes a statement during a batch (a checkpoint's row, a hook's own statement), a BEGIN is
+executes a statement during a batch (an ORM flush, a hook's own statement), a BEGIN is
 queued first, which turns the implicit transaction into an ordinary one, earlier statements
 included; the pipeline is left (one Sync, which commits nothing inside a transaction block)
 and the rest of the batch runs as usual, up to an explicit COMMIT.

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tessera.audit import AuditService
 from tessera.audit.groupcommit import WriteUnit
 from tessera.audit.service import Settle
-from tessera.db.fast import FastRowsStatement, FastStatement, Sent, aware, json_values, jsonb_rows
+from tessera.db.fast import FastRowsStatement, FastStatement, JsonbRows, Sent, aware, json_array
 from tessera.errors import WouldBlock
 from tessera.identity import IdentityService
 from tessera.identity.models import IdentityRow
@@ -116,7 +116,7 @@ def _revs_of(n: int) -> Any:
 
 # Compiled once per dialect and row count, run on the driver's cursor (tessera.db.fast): the
 # committer runs both for every batch, and SQLAlchemy's execution path costs more than they do.
-# On PostgreSQL one statement shape each, the rows in one jsonb parameter (`jsonb_rows`):
+# On PostgreSQL one statement shape each, the rows in one jsonb parameter (`JsonbRows`):
 # psycopg's work per parameter and per shape cost more than the statements.
 _REVS = FastRowsStatement(_revs_of)
 _REVS_PG = FastStatement(text(
@@ -137,9 +137,9 @@ def _jti_insert(n: int) -> Any:
 
 
 _JTI_INSERT = FastRowsStatement(_jti_insert)
+_JTI_ROWS = JsonbRows(UsedJTIRow.__table__, _JTI_COLUMNS)
 _JTI_INSERT_PG = FastStatement(text(
-    f"INSERT INTO used_jtis ({', '.join(_JTI_COLUMNS)}) "
-    + jsonb_rows(UsedJTIRow.__table__, _JTI_COLUMNS)
+    f"INSERT INTO used_jtis ({', '.join(_JTI_COLUMNS)}) " + _JTI_ROWS.sql
     + " ON CONFLICT DO NOTHING RETURNING issuer, jti").columns(column("issuer"),
                                                                column("jti")))
 
@@ -153,10 +153,8 @@ def insert_jtis(session: Session, rows: list[dict[str, Any]]) -> set[tuple[str, 
 def send_jtis(session: Session, rows: list[dict[str, Any]]) -> list[Sent]:
     """`insert_jtis`, sent: `_won` reads the pairs that won."""
     if _postgresql(session):
-        values = [[r["issuer"], r["jti"], aware(r["expires_at"])] for r in rows]
-        if any(type(v[0]) is not str or type(v[1]) is not str for v in values):
-            raise TypeError("a jti and its issuer must be strings")
-        return [_JTI_INSERT_PG.send(session, {"rows": json_values(values)})]
+        return [_JTI_INSERT_PG.send(session, {"rows": _JTI_ROWS.param(
+            [[r["issuer"], r["jti"], aware(r["expires_at"])] for r in rows])})]
     return _JTI_INSERT.send(session, rows)
 
 
@@ -178,7 +176,7 @@ def check_revs(session: Session, items: list[tuple[int, list[Any]]]) -> Settle:
     """Refuse every unit that relied on a client view whose rev has moved since."""
     ids = sorted({identity for _, intents in items for identity, _ in intents})
     if _postgresql(session):
-        sent = [_REVS_PG.send(session, {"ids": json_values(ids)})]
+        sent = [_REVS_PG.send(session, {"ids": json_array(ids)})]
     else:
         sent = _REVS.send(session, [{"id": i} for i in ids])
 
