@@ -449,7 +449,15 @@ def test_committed_batches_sign_their_checkpoints(services: Services) -> None:
     for i in range(7):
         services.audit.commit_unit(WriteUnit(events=[
             services.audit.event("oauth.token.issued", actor="idn_a", data={"i": i})]))
+    services.audit.commit_unit(WriteUnit(events=[  # crosses 9 mid-batch: signs its head, 10
+        services.audit.event("oauth.token.issued", actor="idn_a") for _ in range(3)]))
     with services.sessions() as s:
         report = services.audit.verify(s, jwks=services.keys.jwks())
+        assert [c.seq for c in services.audit.checkpoints(s)] == [3, 6, 10]
+        if services.engine.dialect.name == "postgresql":  # the last batch: one transaction
+            xids = {x for (x,) in s.execute(text(
+                "SELECT xmin::text FROM audit_events WHERE seq > 7 UNION "
+                "SELECT xmin::text FROM audit_checkpoints WHERE seq = 10"))}
+            assert len(xids) == 1
     assert report.ok, report.problems
-    assert (report.checked, report.checkpoints) == (7, 2)
+    assert (report.checked, report.checkpoints) == (10, 3)

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import insert, select, update
 
 from tessera.audit import RequestContext
 from tessera.audit.chain import GENESIS, canonical, chain_hash, hashed_part, ts_text
@@ -189,19 +189,6 @@ def test_a_failed_append_with_a_checkpoint_due_fails_the_batch(services: Service
         assert services.audit.head(s)[0] == 0
         assert s.scalars(select(AuditEventRow)).first() is None
         assert services.audit.checkpoints(s) == []
-
-
-def test_a_checkpoint_commits_with_its_batch(services: Services) -> None:
-    services.audit.options.checkpoint_every = 2
-    services.audit.commit_unit(WriteUnit(events=[
-        services.audit.event("oauth.token.issued", actor="idn_a") for _ in range(3)]))
-    with services.sessions() as s:
-        assert [c.seq for c in services.audit.checkpoints(s)] == [3]  # the batch's head
-        if services.engine.dialect.name == "postgresql":  # one transaction wrote them all
-            xids = {x for (x,) in s.execute(text(
-                "SELECT xmin::text FROM audit_events UNION SELECT xmin::text "
-                "FROM audit_checkpoints"))}
-            assert len(xids) == 1
 
 
 def test_an_event_whose_text_column_holds_no_text_is_refused(services: Services) -> None:

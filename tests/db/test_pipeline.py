@@ -92,9 +92,8 @@ def test_a_failed_statement_fails_the_commit_and_writes_nothing(
     txn.begin()
     insert_jtis(session, [_row("a")])
     send_jtis(session, [_row("a")])  # ON CONFLICT DO NOTHING: no error
-    bad = "INSERT INTO used_jtis (issuer, jti, expires_at) VALUES ('iss', 'b', NULL)"
     with pytest.raises(Exception, match="(?i)null"):
-        _run_raw(session, bad)  # NOT NULL violated
+        _failing(session)
         txn.commit(session)  # on PostgreSQL the error arrives with the Sync
     txn.rollback(session)
     assert _stored(engine) == set()
@@ -199,12 +198,8 @@ def test_a_failure_hidden_from_the_batch_still_fails_its_commit(
     txn.begin()
     insert_jtis(session, [_row("a")])
     with pytest.raises(Exception, match="(?i)null"):  # SQLite raises at once
-        _run_raw(session, "INSERT INTO used_jtis (issuer, jti, expires_at) "
-                          "VALUES ('iss', 'b', NULL)")  # NOT NULL violated at the server
-        try:
-            session.execute(text("SELECT 1"))
-        except Exception:
-            pass
+        _failing(session)
+        _swallowing(session, "SELECT 1")
         txn.commit(session)
     txn.rollback(session)
     assert _stored(engine) == set()
@@ -267,6 +262,14 @@ def _postgresql_only(db_url: str) -> None:
         pytest.skip("PostgreSQL aborts a whole transaction on any failed statement")
 
 
+def _swallowing(session: Session, sql: str) -> None:
+    """A statement through SQLAlchemy whose caller logs any error and goes on."""
+    try:
+        session.execute(text(sql))
+    except Exception:  # noqa: BLE001, S110
+        pass
+
+
 def _failing(session: Session) -> None:
     """A statement that fails at the server, its error not yet read (pipelined)."""
     _run_raw(session, "INSERT INTO used_jtis (issuer, jti, expires_at) "
@@ -305,10 +308,7 @@ def test_statements_after_a_hidden_failure_are_not_committed_one_by_one(
     txn.begin()
     insert_jtis(session, [_row("a")])
     _failing(session)
-    try:
-        session.execute(text("SELECT 1"))
-    except Exception:  # noqa: BLE001 - a handler that logs and goes on
-        pass
+    _swallowing(session, "SELECT 1")
     insert_jtis(session, [_row("driver-after")])
     session.add(UsedJTIRow(issuer="iss", jti="orm-after", expires_at=EXP))
     with pytest.raises(Exception, match="(?i)null"):
@@ -325,10 +325,7 @@ def test_a_failure_after_leaving_the_pipeline_fails_the_commit(
     insert_jtis(session, [_row("a")])
     session.execute(text("SELECT 1"))  # leaves the pipeline: an ordinary transaction now
     assert not txn.pipelined
-    try:
-        session.execute(text("SELECT 1 / 0"))
-    except Exception:  # noqa: BLE001 - a handler that logs and goes on
-        pass
+    _swallowing(session, "SELECT 1 / 0")
     with pytest.raises(Exception, match="aborted"):
         txn.commit(session)
     txn.rollback(session)
