@@ -5,8 +5,9 @@ other can differ by more than the change between them. Here both servers run sid
 on its own data directory, or its own scratch PostgreSQL database) and take turns: in every
 round each serves `--requests` tokens while the other idles, the order swapping every round.
 Each round reports the server's CPU per token (every process of it, from /proc), split into
-the event loops (each worker's main thread) and its other threads (audit committer, jobs),
-and on PostgreSQL the CPU the database's processes spent meanwhile; the summary gives the
+the event loops (each worker's main thread), the audit committers, the jobs threads (the
+monitor's passes, checkpoints; both named by `tessera.threadname`, so a checkout older than
+that shows them as "other"), and on PostgreSQL the CPU the database's processes spent meanwhile; the summary gives the
 medians and in how many paired rounds B was the cheaper.
 
 A and B differ by environment: `PYTHONPATH=DIR` runs another checkout's `src` (same database
@@ -41,22 +42,28 @@ from _common import (
 )
 from token_issuance import assertions, drive, prepare, wait_healthy
 
+THREADS = ("event loops", "committer", "jobs", "other")
+_BY_COMM = {"tessera-commit": "committer", "tessera-jobs": "jobs"}  # tessera.threadname
 
-def thread_split(pids: list[int]) -> tuple[int, int]:
-    """Clock ticks of the processes' main threads (the event loops) and of their others."""
-    loops = others = 0
+
+def thread_split(pids: list[int]) -> dict[str, int]:
+    """Clock ticks of the processes' main threads (the event loops), of the audit committers,
+    of the jobs threads (the monitor's passes, checkpoints) and of any other thread."""
+    ticks = dict.fromkeys(THREADS, 0)
     for pid in pids:
         try:
             tids = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue
         for tid in tids:
-            ticks = sum(stat_ticks(f"/proc/{pid}/task/{tid}/stat"))
-            if tid == str(pid):
-                loops += ticks
-            else:
-                others += ticks
-    return loops, others
+            try:
+                with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                    comm = f.read().strip()
+            except OSError:
+                continue
+            kind = "event loops" if tid == str(pid) else _BY_COMM.get(comm, "other")
+            ticks[kind] += sum(stat_ticks(f"/proc/{pid}/task/{tid}/stat"))
+    return ticks
 
 
 def postgres_ticks() -> int:
@@ -113,8 +120,7 @@ def main() -> None:
             for _, _, _, base, agents, _ in servers:
                 wait_healthy(base)
                 drive(base, assertions(agents, f"{base}/oauth2/token", 400), concurrency)
-            results: dict[str, list[tuple[float, float, float, float, float]]] = {
-                "A": [], "B": []}
+            results: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
             for r in range(args.rounds):
                 for name, _, proc, base, agents, on_pg in (servers if r % 2 == 0
                                                            else servers[::-1]):
@@ -127,12 +133,12 @@ def main() -> None:
                     cpu = (sum(cpu_split(pids)) - cpu0) / args.requests
                     split1, pg1 = thread_split(pids), postgres_ticks()
                     per = 1 / CLK_TCK / args.requests
-                    results[name].append((cpu, (split1[0] - split0[0]) * per,
-                                          (split1[1] - split0[1]) * per,
-                                          (pg1 - pg0) * per if on_pg else 0.0,
-                                          args.requests / elapsed))
-                print(f"round {r + 1}: A {results['A'][-1][0] * 1e6:.0f} us, "
-                      f"B {results['B'][-1][0] * 1e6:.0f} us", flush=True)
+                    results[name].append({
+                        "cpu": cpu, **{k: (split1[k] - split0[k]) * per for k in THREADS},
+                        "postgres": (pg1 - pg0) * per if on_pg else 0.0,
+                        "tokens/s": args.requests / elapsed})
+                print(f"round {r + 1}: A {results['A'][-1]['cpu'] * 1e6:.0f} us, "
+                      f"B {results['B'][-1]['cpu'] * 1e6:.0f} us", flush=True)
         finally:
             for _, _, proc, *_ in servers:
                 proc.terminate()
@@ -142,13 +148,14 @@ def main() -> None:
           f"of {args.requests} tokens each (CPU per token, medians)")
     for name, spec, *_ in servers:
         rows = results[name]
-        med = [statistics.median(row[i] for row in rows) for i in range(5)]
-        print(f"  {name} ({spec or 'this checkout'}): {med[0] * 1e6:.0f} us "
-              f"(event loops {med[1] * 1e6:.0f}, other threads {med[2] * 1e6:.0f}"
-              + (f"; PostgreSQL processes {med[3] * 1e6:.0f}" if med[3] else "")
-              + f"), {med[4]:.0f} tokens/s; rounds "
-              + ", ".join(f"{row[0] * 1e6:.0f}" for row in rows))
-    wins = sum(b[0] < a[0] for a, b in zip(results["A"], results["B"]))
+        med = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
+        parts = ", ".join(f"{k} {med[k] * 1e6:.0f}" for k in THREADS)
+        print(f"  {name} ({spec or 'this checkout'}): {med['cpu'] * 1e6:.0f} us ({parts}"
+              + (f"; PostgreSQL processes {med['postgres'] * 1e6:.0f}" if med["postgres"]
+                 else "")
+              + f"), {med['tokens/s']:.0f} tokens/s; rounds "
+              + ", ".join(f"{row['cpu'] * 1e6:.0f}" for row in rows))
+    wins = sum(b["cpu"] < a["cpu"] for a, b in zip(results["A"], results["B"]))
     print(f"  B cheaper than A in {wins} of {args.rounds} paired rounds")
 
 

@@ -63,7 +63,7 @@ def main() -> None:
         engine = svc.sessions.kw["bind"]
         conn = engine.connect()
         session = svc.sessions(bind=conn)
-        txn = Transactions(conn)
+        txn = Transactions(conn, session)
 
         def run(batch: list[Any]) -> None:
             for i in range(0, len(batch), args.batch):

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from tessera.clock import Clock
 from tessera.db.base import Base
+from tessera.threadname import name_os_thread
 
 log = logging.getLogger("tessera.jobs")
 
@@ -52,6 +53,7 @@ class JobRunner:
         self._thread.start()
 
     def _loop(self) -> None:
+        name_os_thread("tessera-jobs")
         next_run = {job.name: 0.0 for job in self._jobs}
         elapsed = 0.0
         tick = min(job.interval for job in self._jobs)

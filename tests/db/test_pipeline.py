@@ -32,8 +32,8 @@ def engine(db_url: str) -> Iterator[Engine]:
 def batch(engine: Engine) -> Iterator[tuple[Session, Transactions]]:
     """A session and its transactions on one connection, as the audit committer holds them."""
     conn = engine.connect()
-    txn = Transactions(conn)
     session = make_session_factory(engine)(bind=conn)
+    txn = Transactions(conn, session)
     yield session, txn
     session.close()
     conn.close()
@@ -59,10 +59,12 @@ def test_postgresql_batches_run_in_a_pipeline(batch: tuple[Session, Transactions
 
 
 def test_a_batch_commits_as_one_transaction(batch: tuple[Session, Transactions],
-                                            engine: Engine) -> None:
+                                            engine: Engine, db_url: str) -> None:
     session, txn = batch
     txn.begin()
     sent = send_jtis(session, [_row("a")])
+    # Pipelined, the driver statements run on the connection: the Session begins nothing.
+    assert session.in_transaction() == (not db_url.startswith("postgresql"))
     assert insert_jtis(session, [_row("b")]) == {("iss", "b")}  # a flush, not a commit
     assert [len(part.rows()) for part in sent] == [1]
     assert _stored(engine) == set()  # nothing visible before the commit
@@ -221,13 +223,15 @@ def test_orm_objects_added_in_a_batch_commit_in_its_transaction(
             assert len(set(conn.execute(text("SELECT xmin::text FROM used_jtis")))) == 1
 
 
-def test_closing_the_session_mid_batch_rolls_back(engine: Engine) -> None:
+@pytest.mark.parametrize("given", [True, False], ids=["batch-session", "other-session"])
+def test_closing_the_session_mid_batch_rolls_back(engine: Engine, given: bool) -> None:
     """psycopg's own rollback sends a Sync, which would commit a pipeline's implicit
     transaction: a session closed mid-batch (the committer thread torn down) must roll back,
-    and its connection go back to the pool idle."""
+    and its connection go back to the pool idle; whether the statements ran on the
+    connection directly (the batch's own session) or through the Session."""
     conn = engine.connect()
-    Transactions(conn).begin()
     session = make_session_factory(engine)(bind=conn)
+    Transactions(conn, session if given else None).begin()
     insert_jtis(session, [_row("partial")])
     session.close()
     conn.close()

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.db.pipeline import Transactions
+from tessera.threadname import name_os_thread
 
 log = logging.getLogger("tessera.audit")
 
@@ -174,6 +175,7 @@ class GroupCommitter:
         # per batch are a measurable share of a small batch. After a failed batch both are
         # replaced (the connection may be the thing that failed); if none can be had, the
         # batch fails and the thread lives on for the next one.
+        name_os_thread("tessera-commit")
         opened: tuple[Session, Transactions] | None = None
         try:
             while True:
@@ -197,11 +199,12 @@ class GroupCommitter:
         engine = self._sessions.kw["bind"]
         conn = engine.connect()
         try:
-            txn = Transactions(conn)  # pipelined on PostgreSQL: two round trips a batch
+            session = self._sessions(bind=conn)
+            # Pipelined on PostgreSQL: two round trips a batch.
+            return session, Transactions(conn, session)
         except BaseException:
             conn.close()
             raise
-        return self._sessions(bind=conn), txn
 
     @staticmethod
     def _discard(session: Session, txn: Transactions) -> None:

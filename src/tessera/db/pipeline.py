@@ -28,12 +28,16 @@ SQLite through the `begin` hook of `tessera.db.engine`) and commits.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import psycopg
 from psycopg.pq import PipelineStatus, TransactionStatus
 from sqlalchemy import Connection, event
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import Pool
+
+from tessera.db.fast import DIRECT
 
 
 class BatchAborted(Exception):
@@ -46,8 +50,13 @@ class Transactions:
     Every batch ends with `commit` or `rollback`, whatever broke it off: psycopg's own
     rollback sends a Sync first, and a Sync commits an implicit transaction."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, session: Session | None = None) -> None:
+        """`session`, bound to `conn`, is the one the batches run in: in a pipelined batch
+        its driver-level statements (`tessera.db.fast`) then use `conn` directly, and a batch
+        of nothing but those commits without the Session beginning or committing a
+        transaction of its own."""
         self.conn = conn
+        self._session = session
         self._raw: Any = None
         self._pipe: Any = None  # the pipeline of the open implicit transaction
         self._explicit = False  # a BEGIN turned the batch's transaction into a block
@@ -57,6 +66,9 @@ class Transactions:
             self._raw = conn.connection.driver_connection
             event.listen(conn, "before_cursor_execute", self._before_sqlalchemy)
             event.listen(conn, "rollback", self._abandon)
+            # A batch whose statements ran on the connection directly has no SQLAlchemy
+            # transaction for closing the connection to roll back: the pool's reset does.
+            conn.connection.info[_OPEN] = weakref.ref(self)
 
     @property
     def pipelines(self) -> bool:
@@ -74,6 +86,8 @@ class Transactions:
             pipe = self._raw.pipeline()
             pipe.__enter__()
             self._pipe = pipe
+            if self._session is not None:
+                self._session.info[DIRECT] = self.conn
 
     def commit(self, session: Session) -> None:
         """Commit; raises the error of any statement that failed (nothing is committed)."""
@@ -95,7 +109,11 @@ class Transactions:
             status = self._raw.execute("COMMIT", prepare=False).statusmessage
             if status != "COMMIT":  # an aborted block answers ROLLBACK
                 raise BatchAborted(f"the batch's transaction ended with {status}")
-        session.commit()  # SQLAlchemy's own state (the driver has nothing left to commit)
+        session.info.pop(DIRECT, None)
+        if session.in_transaction() or session.info:
+            # SQLAlchemy's own state (the driver has nothing left to commit), and its
+            # after_commit hooks, for which something left a mark in `info`.
+            session.commit()
 
     def rollback(self, session: Session) -> None:
         """Roll back; safe whatever state the batch broke off in."""
@@ -103,6 +121,7 @@ class Transactions:
             self._abandon()
         finally:
             self._explicit, self._failed = False, None
+            session.info.pop(DIRECT, None)
             session.rollback()  # the driver sends ROLLBACK if a transaction block is open
 
     def _abandon(self, *_args: Any) -> None:
@@ -155,6 +174,19 @@ class Transactions:
                 pass
             raise failed
         self._explicit = True
+
+
+_OPEN = "tessera_pipeline"  # the pooled connection's Transactions, for `_reset`
+
+
+@event.listens_for(Pool, "reset")
+def _reset(_dbapi_connection: Any, record: Any, _state: Any) -> None:
+    """A connection goes back to its pool (or is reset) mid-batch: roll the batch back before
+    the pool's own rollback, whose Sync would commit a pipeline's implicit transaction."""
+    ref = record.info.get(_OPEN) if record is not None else None
+    txn = ref() if ref is not None else None
+    if txn is not None:
+        txn._abandon()
 
 
 __all__ = ["BatchAborted", "Transactions"]
