@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PORT = 8700
@@ -111,11 +111,23 @@ class AuditSettings(BaseModel):
 class MonitorSettings(BaseModel):
     enabled: bool = True
     interval: float = Field(1.0, gt=0, le=60, description="event-stream poll period (s)")
+    lease_seconds: float = Field(
+        10.0, gt=0, le=3600,
+        description="how long the process that last consumed the event stream keeps it from "
+                    "the other workers and nodes (s): another takes over once the holder has "
+                    "stopped for this long. Must exceed `interval`")
     learning_days: float = Field(3.0, ge=0, le=90)
     risk_half_life_hours: float = Field(6.0, gt=0, le=24 * 30)
     # Responses by risk threshold: "notify", "require_approval", "suspend".
     responses: dict[str, int] = Field(default_factory=lambda: {
         "notify": 40, "require_approval": 60, "suspend": 85})
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_poll(self) -> MonitorSettings:
+        # The holder renews its lease on its passes: one interval apart at least.
+        if self.lease_seconds <= self.interval:
+            raise ValueError("monitor.lease_seconds must be greater than monitor.interval")
+        return self
 
 
 class AuthzSettings(BaseModel):

@@ -142,7 +142,8 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
                              config=MonitorConfig(
                                  learning_seconds=settings.monitor.learning_days * 86400,
                                  half_life=settings.monitor.risk_half_life_hours * 3600),
-                             thresholds=settings.monitor.responses)
+                             thresholds=settings.monitor.responses,
+                             lease_seconds=settings.monitor.lease_seconds)
     caep = CaepService(clock, audit, tokens.issuer, keys.signer)
     monitor.event_hooks.append(caep.on_events)
     wiring.connect(authz=authz, monitor=monitor, lifecycle=lifecycle, federation=federation,

@@ -91,7 +91,7 @@ def test_migration_makes_an_existing_actor_index_partial(services: Services) -> 
     cfg = migrate._config()
     with services.engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0009_audit_actor_index-1")
+        command.downgrade(cfg, "0009_audit_actor_index@-1")
     assert "WHERE" not in index_sql(services.engine)
     assert migrate.pending(services.engine) == {"0009_audit_actor_index"}
     migrate.upgrade(services.engine)

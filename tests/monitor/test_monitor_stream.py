@@ -1,28 +1,37 @@
 """The monitor's own read of the audit stream sees each event as the chain records it, and
-consuming the stream in passes stores exactly what the engine computes event by event."""
+consuming the stream in passes stores exactly what the engine computes event by event, whichever
+process (the one holding the cursor's lease) consumes it."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from pydantic import ValidationError
+from sqlalchemy import event, select, text
+from tests.conftest import make_services
 
 from tessera.audit import RequestContext
 from tessera.audit import events as ev
 from tessera.audit.chain import ts_text
 from tessera.audit.service import AuditService
 from tessera.clock import FakeClock
+from tessera.config import MonitorSettings, Settings
 from tessera.container import Services
+from tessera.db.engine import make_session_factory
 from tessera.monitor import service as monitor_service
 from tessera.monitor.baseline import Baseline
 from tessera.monitor.engine import Monitor, MonitorConfig, event_from_row
-from tessera.monitor.models import AlertRow, BaselineRow, RiskRow
-from tessera.monitor.service import MonitorService
+from tessera.monitor.models import AlertRow, BaselineRow, RiskRow, StreamCursorRow
+from tessera.monitor.service import CURSOR, MonitorService
 
 CONFIG = MonitorConfig(learning_seconds=300, min_events=5)
+LEASE = 3600.0  # longer than the traffic of a test (its clock moves a minute a round)
 
 
 def record(s: Any, services: Services, type: str, actor: str | None,
@@ -167,26 +176,182 @@ def test_passes_store_what_the_engine_computes_event_by_event(
     assert mine == reference
 
 
+def worker(services: Services) -> MonitorService:
+    """The monitor of one worker process (or node): memory of its own, empty at first."""
+    return MonitorService(services.clock, services.audit, services.identities,
+                          make_session_factory(services.engine, readonly=True), config=CONFIG,
+                          lease_seconds=LEASE)
+
+
+def cursor(services: Services) -> tuple[int, str | None, Any]:
+    with services.sessions() as s:
+        row = s.get_one(StreamCursorRow, CURSOR)
+        return row.seq, row.owner, row.lease_until
+
+
+@contextmanager
+def statements(services: Services) -> Iterator[list[str]]:
+    """The SQL this thread sends to the database meanwhile."""
+    sent: list[str] = []
+    me = threading.get_ident()
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if threading.get_ident() == me:
+            sent.append(statement)
+
+    event.listen(services.engine, "before_cursor_execute", seen)
+    try:
+        yield sent
+    finally:
+        event.remove(services.engine, "before_cursor_execute", seen)
+
+
 def test_a_monitor_taking_over_mid_stream_continues_from_the_stored_baselines(
         services: Services, clock: FakeClock, make_identity: Callable[..., Any],
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(monitor_service, "_CHUNK", 2)  # several IN (...) lists per load
-    first = services.monitor
-    assert first is not None
-    first.monitor.config = CONFIG
+    first = worker(services)
     agents = [make_identity(f"agent-takeover-{i}").id for i in range(5)]
     normal_traffic(services, clock, agents, 6)
     consume(first, services, 2000)
     normal_traffic(services, clock, agents, 3)
-    # Another node's monitor: nothing in memory, so everything comes from the tables.
-    second = MonitorService(clock, services.audit, services.identities, services.sessions,
-                            config=CONFIG)
+    # The first process has stopped; once its lease has run out, another process's monitor
+    # takes over: nothing in memory, so everything comes from the tables.
+    clock.advance(LEASE)
+    second = worker(services)
     consume(second, services, 7)
+    assert cursor(services)[1] == second.lease_owner
     mine, reference = stored(services), event_by_event(services)
     assert mine["alerts"] == [] and mine == reference
     with services.sessions() as s:
         row = s.get_one(BaselineRow, agents[0])
     assert Baseline.from_json(row.state).events == 9 * 4
+
+
+def test_another_process_leaves_the_stream_to_the_lease_holder(
+        services: Services, clock: FakeClock, make_identity: Callable[..., Any]) -> None:
+    """While one process holds the lease, another's pass reads the cursor row and nothing
+    else: no events, and no reload of risk and baselines into its memory."""
+    first, second = worker(services), worker(services)
+    agents = [make_identity(f"agent-lease-{i}").id for i in range(3)]
+    normal_traffic(services, clock, agents, 6)
+    consume(first, services, 7)
+    normal_traffic(services, clock, agents, 2)
+    memory = second.monitor
+    with statements(services) as sent, services.sessions() as s:
+        assert second.process(s) == 0
+        s.commit()
+    assert len(sent) == 1 and "monitor_cursors" in sent[0]
+    assert second.monitor is memory and memory.baselines == {} and memory.risk.raw(
+        agents[0]) is None
+    consume(first, services, 7)  # everything, by the holder
+    assert stored(services) == event_by_event(services)
+
+
+def test_a_process_that_lost_the_lease_leaves_the_stream_to_the_new_holder(
+        services: Services, clock: FakeClock, make_identity: Callable[..., Any]) -> None:
+    first, second = worker(services), worker(services)
+    agents = [make_identity(f"agent-lost-{i}").id for i in range(3)]
+    normal_traffic(services, clock, agents, 6)
+    consume(first, services, 2000)
+    clock.advance(LEASE)  # the first stalls past its lease; the second takes over
+    normal_traffic(services, clock, agents, 1)
+    consume(second, services, 2000)
+    normal_traffic(services, clock, agents, 2)
+    memory, seq = first.monitor, cursor(services)[0]
+    with statements(services) as sent, services.sessions() as s:  # the first comes back
+        assert first.process(s) == 0
+        s.commit()
+    assert len(sent) == 1 and "monitor_cursors" in sent[0]
+    assert first.monitor is memory and cursor(services)[:2] == (seq, second.lease_owner)
+    consume(second, services, 2000)
+    assert stored(services) == event_by_event(services)
+
+
+def test_an_idle_holder_renews_its_lease_once_half_of_it_is_gone(
+        services: Services, clock: FakeClock, make_identity: Callable[..., Any]) -> None:
+    """No new events: the holder writes nothing while more than half of its lease is left,
+    then renews it in one statement, so another process never takes an idle stream."""
+    first, second = worker(services), worker(services)
+    agents = [make_identity(f"agent-idle-{i}").id for i in range(2)]
+    normal_traffic(services, clock, agents, 2)
+    consume(first, services, 2000)
+    seq, _, until = cursor(services)
+    clock.set(until - timedelta(seconds=LEASE / 2 + 1))  # just over half left
+    with statements(services) as sent, services.sessions() as s:
+        assert first.process(s) == 0
+        s.commit()
+    assert not [q for q in sent if q.lstrip().upper().startswith("UPDATE")]
+    assert cursor(services) == (seq, first.lease_owner, until)
+    clock.advance(2)  # just under half left
+    with statements(services) as sent, services.sessions() as s:
+        assert first.process(s) == 0
+        s.commit()
+    assert len([q for q in sent if q.lstrip().upper().startswith("UPDATE")]) == 1
+    assert cursor(services) == (seq, first.lease_owner,
+                                clock.now() + timedelta(seconds=LEASE))
+    clock.set(until + timedelta(seconds=1))  # the first lease would have run out
+    normal_traffic(services, clock, agents, 1)
+    with services.sessions() as s:
+        assert second.process(s) == 0
+        s.commit()
+    consume(first, services, 2000)
+    assert cursor(services)[1] == first.lease_owner
+    assert stored(services) == event_by_event(services)
+
+
+def test_the_lease_lasts_as_configured(settings: Settings, clock: FakeClock,
+                                       master_key: bytes) -> None:
+    services = make_services(settings.model_copy(update={
+        "monitor": MonitorSettings(lease_seconds=42)}), clock, master_key)
+    try:
+        assert services.monitor is not None
+        with services.sessions() as s:
+            record(s, services, ev.AUTHZ_DECISION, "agent-configured", "agent-configured")
+            s.commit()
+        consume(services.monitor, services, 2000)
+        assert cursor(services)[1:] == (services.monitor.lease_owner,
+                                        clock.now() + timedelta(seconds=42))
+    finally:
+        services.close()
+
+
+@pytest.mark.parametrize(("interval", "lease"), [(1.0, 1.0), (5.0, 2.0)])
+def test_settings_reject_a_lease_no_longer_than_the_poll_interval(interval: float,
+                                                                  lease: float) -> None:
+    with pytest.raises(ValidationError, match="lease_seconds must be greater than"):
+        MonitorSettings(interval=interval, lease_seconds=lease)
+
+
+def test_the_migration_adds_the_lease_to_an_existing_cursor(
+        services: Services, clock: FakeClock, make_identity: Callable[..., Any]) -> None:
+    """A database at 0009 whose monitor has consumed the stream: the upgrade keeps where it
+    read up to, nobody holds the lease, and the next pass goes on from there and takes it."""
+    from alembic import command
+
+    from tessera.db import migrate
+
+    agents = [make_identity(f"agent-migrated-{i}").id for i in range(2)]
+    normal_traffic(services, clock, agents, 2)
+    consume(worker(services), services, 2000)
+    seq = cursor(services)[0]
+    cfg = migrate._config()
+    with services.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0010_monitor_cursor_lease@-1")
+    assert migrate.pending(services.engine) == {"0010_monitor_cursor_lease"}
+    with services.engine.connect() as conn:
+        assert conn.execute(text("SELECT * FROM monitor_cursors")).all() == [(CURSOR, seq)]
+    migrate.upgrade(services.engine)
+    assert migrate.pending(services.engine) == set()
+    assert cursor(services) == (seq, None, None)
+    normal_traffic(services, clock, agents, 1)
+    after = worker(services)
+    with services.sessions() as s:
+        assert after.process(s) == 2 * 4
+        s.commit()
+    assert cursor(services)[1] == after.lease_owner
+    assert stored(services) == event_by_event(services)
 
 
 def _pass_with(services: Services, clock: FakeClock, make_identity: Callable[..., Any],

@@ -14,12 +14,15 @@ BIG = BigInteger().with_variant(Integer, "sqlite")
 
 
 class StreamCursorRow(Base):
-    """How far one consumer of the audit stream has read (by sequence number)."""
+    """How far one consumer of the audit stream has read (by sequence number), and which
+    process consumes it until when (its lease; NULL when nobody has taken it yet)."""
 
     __tablename__ = "monitor_cursors"
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(BIG)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None]
 
 
 class BaselineRow(Base):

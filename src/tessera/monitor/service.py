@@ -1,7 +1,8 @@
 """The monitor over the database: reads the audit stream by sequence number, stores alerts,
 risk and baselines, and takes the configured response when risk crosses a threshold.
 
-One node at a time consumes the stream (the cursor row is locked); every node can read risk.
+One process at a time consumes the stream: the one holding the lease on its cursor row (the
+others skip their passes until the lease runs out); every node can read risk.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
@@ -44,11 +45,14 @@ EventHook = Callable[[Session, list[StreamEvent]], None]
 OwnerNotifier = Callable[[Session, str | None, dict[str, Any]], None]
 NOTIFYING = ("notify", "suspend")  # the responses the owner is told about
 _CURSORS = StreamCursorRow.__table__
-_READ_CURSOR = select(_CURSORS.c.seq).where(_CURSORS.c.name == CURSOR)
-# Moves the cursor only from where the pass read it (another node may have moved it since).
+_READ_CURSOR = select(_CURSORS.c.seq, _CURSORS.c.owner, _CURSORS.c.lease_until).where(
+    _CURSORS.c.name == CURSOR)
+# Moves the cursor only from where the pass read it (another process may have moved it since),
+# and takes or renews the lease with it.
 _MOVE_CURSOR = update(_CURSORS).where(_CURSORS.c.name == CURSOR,
                                       _CURSORS.c.seq == bindparam("old_seq")).values(
-    seq=bindparam("new_seq"))
+    seq=bindparam("new_seq"), owner=bindparam("new_owner"),
+    lease_until=bindparam("new_lease_until"))
 _BASELINES = BaselineRow.__table__
 
 
@@ -73,7 +77,9 @@ class MonitorService:
 
     def __init__(self, clock: Clock, audit: AuditService, identities: IdentityService,
                  readonly: sessionmaker[Session], *, config: MonitorConfig | None = None,
-                 thresholds: dict[str, int] | None = None) -> None:
+                 thresholds: dict[str, int] | None = None, lease_seconds: float = 10.0) -> None:
+        if lease_seconds <= 0:
+            raise ValueError("lease_seconds must be positive")
         self._clock = clock
         self._audit = audit
         self._readonly = readonly
@@ -88,7 +94,10 @@ class MonitorService:
         self.event_hooks: list[EventHook] = []
         self.owner_notifiers: list[OwnerNotifier] = []
         self._lock = threading.Lock()
-        self._seq = -1  # the cursor as this node last wrote it
+        self._seq = -1  # the cursor as this process last wrote it
+        # Workers on one machine share a node id: each process (each service) has its own.
+        self.lease_owner = secrets.token_hex(8)
+        self._lease = timedelta(seconds=lease_seconds)
         self._risk_cache: dict[str, tuple[float, float, float]] = {}
         self.wakeup = threading.Event()
         audit.subscribe(lambda _events: self.wakeup.set())
@@ -145,29 +154,44 @@ class MonitorService:
     def process(self, session: Session, limit: int = 2000) -> int:
         """Consume up to `limit` new audit events; the caller commits. Returns how many.
 
+        While another process holds the cursor's unexpired lease this returns 0 at once: its
+        memory is current and ours is not, so a pass here would reload every risk and
+        baseline from the tables for nothing. The process that moves the cursor takes the
+        lease with it (`lease_seconds`); an idle holder renews it when half of it is gone.
+
         Reading the events and learning from them happen in a read-only transaction, outside
         `session`: on SQLite a write transaction holds the database's one write lock, and a
         pass over a second of traffic takes long enough (tens of ms) to stall every token's
         audit commit behind it. `session` only writes the results, starting with moving the
-        cursor from where the pass read it: if another node moved it meanwhile, the pass is
+        cursor from where the pass read it: if another process moved it meanwhile, the pass is
         dropped (nothing written, memory reloaded next time) and its events stay with the
-        node that took them."""
+        process that took them."""
         with self._lock:
+            now = self._clock.now()
             with self._readonly() as reader:
-                stored = reader.execute(_READ_CURSOR).scalar_one_or_none()
-                seq = stored or 0
-                if seq != self._seq:  # another node moved it: our memory is stale
+                stored = reader.execute(_READ_CURSOR).first()
+                seq, owner, lease_until = stored or (0, None, None)
+                if owner != self.lease_owner and lease_until is not None and lease_until > now:
+                    return 0  # another process holds the stream: nothing read, no reload
+                if seq != self._seq:  # another process moved it: our memory is stale
                     self.monitor = Monitor(self.monitor.config, self.monitor.detectors)
                     for r in reader.scalars(select(RiskRow)):
                         self.monitor.risk.set(r.identity_id, r.score,
                                               r.updated_at.timestamp())
                     self._seq = seq
                 records = self._audit.read_stream(reader, after=seq, limit=limit)
-                if not records:
-                    return 0
                 events = [e for e in map(event_from_row, records) if e is not None]
                 if events:
                     self._preload(reader, {e.identity for e in events} | {ORG})
+            lease = {"new_owner": self.lease_owner, "new_lease_until": now + self._lease}
+            if not records:
+                # Idle: the holder keeps its lease with one write per half lease, not per pass.
+                # (Left to lapse, the next event would go to whichever process looks first,
+                # and that one reloads everything.) No one else takes an idle stream.
+                if owner == self.lease_owner and lease_until is not None and \
+                        lease_until - now < self._lease / 2:
+                    session.execute(_MOVE_CURSOR, {"old_seq": seq, "new_seq": seq, **lease})
+                return 0
             # From here memory runs ahead of the tables: until the writes are done, a failure
             # (or a lost race for the cursor) must make the next pass reload, not learn the
             # same events twice.
@@ -178,9 +202,9 @@ class MonitorService:
             if stored is None:
                 self._create_cursor(session)
             moved = session.execute(_MOVE_CURSOR, {"old_seq": seq,
-                                                   "new_seq": records[-1].seq})
+                                                   "new_seq": records[-1].seq, **lease})
             if moved.rowcount != 1:  # type: ignore[attr-defined]
-                return 0  # another node took these events; what this pass learnt is dropped
+                return 0  # another process took these events; what this pass learnt is dropped
             for hook in self.event_hooks:
                 hook(session, records)
             for alert in alerts:
@@ -192,7 +216,8 @@ class MonitorService:
             return len(records)
 
     def _create_cursor(self, session: Session) -> None:
-        # Every worker runs this job: the first ones may race to create the row.
+        # Every worker runs this job: the first ones may race to create the row (nobody's
+        # lease; the move that follows takes it).
         session.execute(self._insert(session)(_CURSORS).values(
             name=CURSOR, seq=0).on_conflict_do_nothing())
 
