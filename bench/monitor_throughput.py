@@ -13,9 +13,10 @@ second of that load) and of 2000 (the job's batch). Two starting states:
             run for days: every detector runs, nothing fires)
   learning  no baselines yet (a fresh server, as in bench/token_issuance.py: most detectors
             return early)
-  2 workers steady, but two monitors take turns, as the workers of `tessera serve
-            --workers 2` may: each finds the cursor moved by the other and reloads its memory
-            (baselines, risk) from the tables first
+  2 workers steady, with two monitors each running every pass, as the workers of
+            `tessera serve --workers 2` do: the one holding the cursor's lease consumes, the
+            other reads the cursor row and leaves the stream to it (before the lease,
+            migration 0010, they took turns and each reloaded its memory from the tables)
 Beside them, in the same run and the same passes, the cost of only reading the rows with
 `AuditService.iter_rows` (how the monitor read them at first) and, where it exists, with
 `AuditService.read_stream` (the monitor's own reader since), so the monitor's share can be
@@ -211,7 +212,7 @@ def reset(svc: Services, first: int, seeded: dict[str, dict[str, Any]]) -> None:
                               updated_at=START))
         if s.scalars(select(StreamCursorRow).where(StreamCursorRow.name == CURSOR)).first():
             s.execute(update(StreamCursorRow).where(StreamCursorRow.name == CURSOR)
-                      .values(seq=first - 1))
+                      .values(seq=first - 1, owner=None, lease_until=None))
         else:
             s.add(StreamCursorRow(name=CURSOR, seq=first - 1))
         s.commit()
@@ -220,20 +221,21 @@ def reset(svc: Services, first: int, seeded: dict[str, dict[str, Any]]) -> None:
 def consume(svc: Services, limit: int, monitors: list[Any] | None = None
             ) -> tuple[float, int]:
     """CPU seconds and events of consuming the stream in passes of `limit`, as the job does;
-    with several `monitors`, they take turns (workers of one server, or nodes)."""
+    with several `monitors` (workers of one server, or nodes), each runs every pass."""
     turns = monitors or [svc.monitor]
-    cpu, total, k = 0.0, 0, 0
+    cpu, total = 0.0, 0
     gc.collect()
     while True:
-        monitor = turns[k % len(turns)]
-        k += 1
-        t0 = time.process_time()
-        with svc.sessions() as s:
-            done = monitor.process(s, limit=limit)
-            s.commit()
-        cpu += time.process_time() - t0
-        total += done
-        if done == 0:
+        consumed = 0
+        for monitor in turns:
+            t0 = time.process_time()
+            with svc.sessions() as s:
+                done = monitor.process(s, limit=limit)
+                s.commit()
+            cpu += time.process_time() - t0
+            consumed += done
+        total += consumed
+        if consumed == 0:
             return cpu, total
 
 
@@ -298,8 +300,7 @@ def main() -> None:
             steady = steady_baselines(ids, rng)
             seeded = {"steady": steady, "learning": {}, "2 workers": steady}
             assert svc.monitor is not None
-            # Another worker's monitor: when the other one moved the cursor, a monitor
-            # rebuilds its memory (baselines, risk) from the tables before its pass.
+            # Another worker's monitor: it leaves the stream to the lease's holder.
             other = MonitorService(clock, svc.audit, svc.identities, svc.sessions,
                                    config=svc.monitor.monitor.config,
                                    thresholds=svc.monitor.thresholds)

@@ -171,3 +171,85 @@ def test_refused_token_requests_naming_a_victim_do_not_raise_its_risk(
     with services.sessions() as s:
         assert monitor.alerts(s, identity=victim.id)[0] == []
         assert services.identities.get(s, victim.id).status == "active"
+
+
+def _holder(services: Services) -> Any:
+    """The monitor of another worker process, holding the stream's lease; `services.monitor`
+    (the one the API calls) is then a process that does not."""
+    from tessera.db.engine import make_session_factory
+    from tessera.monitor.service import MonitorService
+
+    return MonitorService(services.clock, services.audit, services.identities,
+                          make_session_factory(services.engine, readonly=True),
+                          config=MonitorConfig(learning_seconds=300, min_events=5),
+                          thresholds={"notify": 99})
+
+
+def _pass(monitor: Any, services: Services) -> int:
+    with services.sessions() as s:
+        done = monitor.process(s)
+        s.commit()
+    return int(done)
+
+
+def test_risk_set_through_another_process_holds_in_the_stream_holder(
+        services: Services, clock: FakeClock, make_identity: Callable[..., Any],
+        app_client: TestClient, admin_headers: dict[str, str]) -> None:
+    """An administrator resets an identity's risk through a worker that does not hold the
+    stream. The holder's memory still has the old score: its next alert for the identity must
+    add to the reset score, not write its own old one back."""
+    holder = _holder(services)
+    agent = make_identity("agent-reset")
+    for _ in range(12):
+        act(services, agent.id)
+        clock.advance(60)
+    act(services, agent.id, source="203.0.113.9")  # a new network: risk 45
+    assert _pass(holder, services) > 0
+    with services.sessions() as s:
+        assert holder.risk_of(agent.id, s) == 45
+    resp = app_client.put(f"/v1/risk/{agent.id}", json={"risk": 0, "reason": "checked"},
+                          headers=admin_headers)
+    assert resp.status_code == 200, resp.text
+    assert _pass(services.monitor, services) == 0  # not the holder: it leaves the stream
+    act(services, agent.id, source="198.51.100.7")  # another new network: 45 more
+    assert _pass(holder, services) > 0
+    with services.sessions() as s:
+        # From 0, not from 45 (which would make 1 - 0.55 ** 2 = 70).
+        assert holder.risk_of(agent.id, s) == 45
+        assert services.monitor.risk_of(agent.id, s) == 45
+
+
+def test_an_undone_response_holds_in_the_stream_holder(
+        services: Services, clock: FakeClock, make_identity: Callable[..., Any],
+        app_client: TestClient, admin_headers: dict[str, str]) -> None:
+    """Undoing a response through a worker that does not hold the stream lowers the risk
+    below the response's threshold in the holder's memory too: the holder's next alert adds
+    to the lowered score, not to the one that took the response."""
+    holder = _holder(services)
+    holder.thresholds = {"require_approval": 60}
+    agent = make_identity("agent-undo")
+
+    def reused(family: str) -> None:
+        with services.sessions() as s:
+            services.audit.record(s, ev.REFRESH_TOKEN_REUSED, actor=agent.id,
+                                  subject=agent.id, outcome="failure", data={"family": family})
+            s.commit()
+
+    reused("fam_1")
+    assert _pass(holder, services) > 0
+    with services.sessions() as s:
+        first = holder.risk_of(agent.id, s)  # the alert's score, from 0
+    assert first >= 60
+    resp = app_client.get(f"/v1/responses?identity={agent.id}&status=active",
+                          headers=admin_headers)
+    (response,) = resp.json()["items"]
+    resp = app_client.post(f"/v1/responses/{response['id']}/undo", json={"reason": "ok"},
+                           headers=admin_headers)
+    assert resp.status_code == 200, resp.text
+    reused("fam_2")  # the same alert again
+    assert _pass(holder, services) > 0
+    with services.sessions() as s:
+        risk = holder.risk_of(agent.id, s)
+    # Risks combine like independent probabilities: from 59, not from `first` again.
+    assert risk == round(100 * (1 - 0.41 * (1 - first / 100)))
+    assert risk != round(100 * (1 - (1 - first / 100) ** 2))

@@ -54,6 +54,9 @@ _MOVE_CURSOR = update(_CURSORS).where(_CURSORS.c.name == CURSOR,
     seq=bindparam("new_seq"), owner=bindparam("new_owner"),
     lease_until=bindparam("new_lease_until"))
 _BASELINES = BaselineRow.__table__
+# Events of a risk set outside the monitor, and the key of their data holding the new score
+# (`MonitorService._replay_override`).
+_RISK_OVERRIDES = {ev.RISK_SET: "after", ev.RESPONSE_UNDONE: "risk"}
 
 
 def _upsert_baselines(insert: Any) -> Any:
@@ -180,7 +183,8 @@ class MonitorService:
                                               r.updated_at.timestamp())
                     self._seq = seq
                 records = self._audit.read_stream(reader, after=seq, limit=limit)
-                events = [e for e in map(event_from_row, records) if e is not None]
+                seen = [(r, event_from_row(r)) for r in records]
+                events = [e for _, e in seen if e is not None]
                 if events:
                     self._preload(reader, {e.identity for e in events} | {ORG})
             lease = {"new_owner": self.lease_owner, "new_lease_until": now + self._lease}
@@ -197,8 +201,11 @@ class MonitorService:
             # same events twice.
             self._seq = -1
             alerts: list[Alert] = []
-            for e in events:
-                alerts.extend(self.monitor.observe(e))
+            for record, e in seen:
+                if record.type in _RISK_OVERRIDES:
+                    self._replay_override(record)
+                if e is not None:
+                    alerts.extend(self.monitor.observe(e))
             if stored is None:
                 self._create_cursor(session)
             moved = session.execute(_MOVE_CURSOR, {"old_seq": seq,
@@ -214,6 +221,16 @@ class MonitorService:
             self._save(session)
             self._seq = records[-1].seq
             return len(records)
+
+    def _replay_override(self, record: StreamEvent) -> None:
+        """A risk set outside the monitor (an administrator's override, an undone response)
+        was set in the memory of the process that served the request, which need not be the
+        one holding the stream: the holder sets it again when the stream reaches its event,
+        at its place among the events, or its next alert for that identity would write its
+        own older score back."""
+        value = (record.data or {}).get(_RISK_OVERRIDES[record.type])
+        if record.subject and isinstance(value, int | float) and not isinstance(value, bool):
+            self.monitor.risk.set(record.subject, float(value), record.ts.timestamp())
 
     def _create_cursor(self, session: Session) -> None:
         # Every worker runs this job: the first ones may race to create the row (nobody's
@@ -324,11 +341,11 @@ class MonitorService:
                                         reason=reason or f"undo {row.id}", ctx=ctx)
         row.status, row.undone_at, row.undone_by = "undone", self._clock.now(), actor
         # Risk drops below the response's threshold, or the next alert would redo it at once.
-        self.set_risk(session, row.identity_id, min(self.risk_of(row.identity_id, session),
-                                                    row.threshold - 1))
+        risk = min(self.risk_of(row.identity_id, session), row.threshold - 1)
+        self.set_risk(session, row.identity_id, risk)
         self._audit.record(session, ev.RESPONSE_UNDONE, actor=actor, subject=row.identity_id,
                            action=row.kind, ctx=ctx, reasons=[reason] if reason else [],
-                           data={"response": row.id})
+                           data={"response": row.id, "risk": risk})
         return row
 
     def set_risk(self, session: Session, identity: str, score: float) -> None:
