@@ -21,6 +21,7 @@ schema), `TESSERA_DATABASE=sqlite` runs that server on SQLite even with `--datab
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -40,7 +41,7 @@ from _common import (
     scratch_database,
     stat_ticks,
 )
-from token_issuance import assertions, drive, prepare, wait_healthy
+from token_issuance import assertions, drive, wait_healthy
 
 THREADS = ("event loops", "committer", "jobs", "other")
 _BY_COMM = {"tessera-commit": "committer", "tessera-jobs": "jobs"}  # tessera.threadname
@@ -64,6 +65,22 @@ def thread_split(pids: list[int]) -> dict[str, int]:
             kind = "event loops" if tid == str(pid) else _BY_COMM.get(comm, "other")
             ticks[kind] += sum(stat_ticks(f"/proc/{pid}/task/{tid}/stat"))
     return ticks
+
+
+def prepare_as(env: dict[str, str], data_dir: Path, url: str | None, agents: int
+               ) -> list[tuple[str, Any]]:
+    """`token_issuance.prepare` run with the server's environment (its PYTHONPATH): the
+    database gets the schema of the code that serves it."""
+    from joserfc.jwk import ECKey
+
+    script = ("import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+              "from token_issuance import prepare; "
+              "out = prepare(Path(sys.argv[2]), sys.argv[3] or None, int(sys.argv[4])); "
+              "print(json.dumps([[i, k.as_dict(private=True)] for i, k in out]))")
+    done = subprocess.run([sys.executable, "-c", script, str(Path(__file__).resolve().parent),
+                           str(data_dir), url or "", str(agents)], env=env, check=True,
+                          capture_output=True, text=True)
+    return [(i, ECKey.import_key(jwk)) for i, jwk in json.loads(done.stdout.splitlines()[-1])]
 
 
 def postgres_ticks() -> int:
@@ -105,10 +122,10 @@ def main() -> None:
             if extra.pop("TESSERA_DATABASE", "") == "sqlite":
                 url = None
             data_dir = Path(tmp) / name
-            agents = prepare(data_dir, url, args.agents)  # this checkout's schema
             port = free_port()
             env = {**os.environ, **extra, "TESSERA_DATA_DIR": str(data_dir),
                    "TESSERA_PORT": str(port)}
+            agents = prepare_as(env, data_dir, url, args.agents)  # the server's own schema
             if url:
                 env["TESSERA_DATABASE_URL"] = url
             proc = subprocess.Popen([sys.executable, "-m", "tessera.cli.main", "serve",

@@ -111,11 +111,12 @@ class AuditSettings(BaseModel):
 class MonitorSettings(BaseModel):
     enabled: bool = True
     interval: float = Field(1.0, gt=0, le=60, description="event-stream poll period (s)")
-    lease_seconds: float = Field(
-        10.0, gt=0, le=3600,
+    lease_seconds: float | None = Field(
+        None, gt=0, le=3600,
         description="how long the process that last consumed the event stream keeps it from "
                     "the other workers and nodes (s): another takes over once the holder has "
-                    "stopped for this long. Must exceed `interval`")
+                    "stopped for this long. At least twice `interval` (the holder renews "
+                    "once half of it is gone); default the larger of 10 and 3 x `interval`")
     learning_days: float = Field(3.0, ge=0, le=90)
     risk_half_life_hours: float = Field(6.0, gt=0, le=24 * 30)
     # Responses by risk threshold: "notify", "require_approval", "suspend".
@@ -124,10 +125,18 @@ class MonitorSettings(BaseModel):
 
     @model_validator(mode="after")
     def _lease_outlasts_a_poll(self) -> MonitorSettings:
-        # The holder renews its lease on its passes: one interval apart at least.
-        if self.lease_seconds <= self.interval:
-            raise ValueError("monitor.lease_seconds must be greater than monitor.interval")
+        # The holder renews its lease on a pass once half of it is gone: a pass must fall in
+        # that half, or the lease lapses between two passes of a live holder.
+        if self.lease_seconds is not None and self.lease_seconds < 2 * self.interval:
+            raise ValueError("monitor.lease_seconds must be at least twice monitor.interval")
         return self
+
+    @property
+    def lease(self) -> float:
+        """The lease in seconds: `lease_seconds`, or by default the larger of 10 and three
+        poll intervals."""
+        return self.lease_seconds if self.lease_seconds is not None else \
+            max(10.0, 3 * self.interval)
 
 
 class AuthzSettings(BaseModel):

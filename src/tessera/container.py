@@ -143,7 +143,7 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
                                  learning_seconds=settings.monitor.learning_days * 86400,
                                  half_life=settings.monitor.risk_half_life_hours * 3600),
                              thresholds=settings.monitor.responses,
-                             lease_seconds=settings.monitor.lease_seconds)
+                             lease_seconds=settings.monitor.lease)
     caep = CaepService(clock, audit, tokens.issuer, keys.signer)
     monitor.event_hooks.append(caep.on_events)
     wiring.connect(authz=authz, monitor=monitor, lifecycle=lifecycle, federation=federation,

@@ -16,10 +16,14 @@ _libc: ctypes.CDLL | None = None
 
 
 def name_os_thread(name: str) -> None:
-    """Give the calling thread `name` in the OS (cut to 15 bytes); a no-op off Linux."""
+    """Give the calling thread `name` in the OS (cut to 15 bytes); a no-op off Linux, and
+    where the C library cannot be reached: a name must never stop the thread it names."""
     global _libc
     if not sys.platform.startswith("linux"):
         return
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+    except Exception:  # noqa: BLE001, S110 - cosmetic: the thread runs unnamed
+        pass

@@ -368,3 +368,19 @@ def test_a_transient_failure_is_retried_on_a_new_connection(services: Any,
     with services.sessions() as s:
         report = services.audit.verify(s)
     assert report.ok and report.checked == 10
+
+
+def test_a_failed_commit_leaves_the_session_off_the_direct_path(
+        batch: tuple[Session, Transactions]) -> None:
+    """A batch whose commit raised is over: the session's statements no longer run on the
+    connection directly, whether or not its caller rolls back."""
+    from tessera.db.fast import DIRECT
+
+    session, txn = batch
+    txn.begin()
+    insert_jtis(session, [_row("a")])
+    with pytest.raises(Exception, match="(?i)null"):
+        _failing(session)
+        txn.commit(session)
+    assert DIRECT not in session.info
+    txn.rollback(session)

@@ -253,3 +253,37 @@ def test_an_undone_response_holds_in_the_stream_holder(
     # Risks combine like independent probabilities: from 59, not from `first` again.
     assert risk == round(100 * (1 - 0.41 * (1 - first / 100)))
     assert risk != round(100 * (1 - (1 - first / 100) ** 2))
+
+
+def test_risk_set_while_the_holder_learns_ends_in_the_table(
+        services: Services, clock: FakeClock, make_identity: Callable[..., Any],
+        app_client: TestClient, admin_headers: dict[str, str],
+        monkeypatch: Any) -> None:
+    """The administrator's reset commits while the holder is mid-pass (it has read the
+    stream, not yet written): that pass stores its alert's score, and the next one, which
+    reaches the reset in the stream, must store the reset in the table `risk_of` reads, even
+    with no alert of its own."""
+    holder = _holder(services)
+    agent = make_identity("agent-midpass")
+    for _ in range(12):
+        act(services, agent.id)
+        clock.advance(60)
+    assert _pass(holder, services) > 0
+    act(services, agent.id, source="203.0.113.9")  # a new network: risk 45
+    real, done = holder.monitor.observe, []
+
+    def observe(e: Any) -> Any:
+        if not done:
+            done.append(1)
+            resp = app_client.put(f"/v1/risk/{agent.id}", json={"risk": 0},
+                                  headers=admin_headers)
+            assert resp.status_code == 200, resp.text
+        return real(e)
+
+    monkeypatch.setattr(holder.monitor, "observe", observe)
+    assert _pass(holder, services) > 0
+    with services.sessions() as s:
+        assert holder.risk_of(agent.id, s) == 45  # the pass read the stream before the reset
+    assert _pass(holder, services) > 0  # the reset's event
+    with services.sessions() as s:
+        assert holder.risk_of(agent.id, s) == 0

@@ -316,11 +316,18 @@ def test_the_lease_lasts_as_configured(settings: Settings, clock: FakeClock,
         services.close()
 
 
-@pytest.mark.parametrize(("interval", "lease"), [(1.0, 1.0), (5.0, 2.0)])
-def test_settings_reject_a_lease_no_longer_than_the_poll_interval(interval: float,
-                                                                  lease: float) -> None:
-    with pytest.raises(ValidationError, match="lease_seconds must be greater than"):
+@pytest.mark.parametrize(("interval", "lease"), [(1.0, 1.0), (5.0, 9.9), (5.0, 2.0)])
+def test_settings_reject_a_lease_shorter_than_two_poll_intervals(interval: float,
+                                                                 lease: float) -> None:
+    with pytest.raises(ValidationError, match="lease_seconds must be at least twice"):
         MonitorSettings(interval=interval, lease_seconds=lease)
+
+
+@pytest.mark.parametrize(("interval", "lease"), [(1.0, 10.0), (30.0, 90.0), (60.0, 180.0)])
+def test_the_default_lease_follows_the_poll_interval(interval: float, lease: float) -> None:
+    """Every poll interval valid before the lease existed (up to 60 s) still starts."""
+    assert MonitorSettings(interval=interval).lease == lease
+    assert MonitorSettings(interval=interval, lease_seconds=2 * interval).lease == 2 * interval
 
 
 def test_the_migration_adds_the_lease_to_an_existing_cursor(

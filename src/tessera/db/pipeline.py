@@ -91,6 +91,7 @@ class Transactions:
 
     def commit(self, session: Session) -> None:
         """Commit; raises the error of any statement that failed (nothing is committed)."""
+        session.info.pop(DIRECT, None)  # the batch's statements are done, whatever follows
         if self._failed is not None:
             raise self._failed  # the server rolled the batch back (see _before_sqlalchemy)
         session.flush()  # ORM objects added during the batch are written in it, not after
@@ -109,7 +110,6 @@ class Transactions:
             status = self._raw.execute("COMMIT", prepare=False).statusmessage
             if status != "COMMIT":  # an aborted block answers ROLLBACK
                 raise BatchAborted(f"the batch's transaction ended with {status}")
-        session.info.pop(DIRECT, None)
         if session.in_transaction() or session.info:
             # SQLAlchemy's own state (the driver has nothing left to commit), and its
             # after_commit hooks, for which something left a mark in `info`.

@@ -201,9 +201,10 @@ class MonitorService:
             # same events twice.
             self._seq = -1
             alerts: list[Alert] = []
+            overridden: set[str] = set()
             for record, e in seen:
-                if record.type in _RISK_OVERRIDES:
-                    self._replay_override(record)
+                if record.type in _RISK_OVERRIDES and self._replay_override(record):
+                    overridden.add(record.subject)
                 if e is not None:
                     alerts.extend(self.monitor.observe(e))
             if stored is None:
@@ -214,6 +215,8 @@ class MonitorService:
                 return 0  # another process took these events; what this pass learnt is dropped
             for hook in self.event_hooks:
                 hook(session, records)
+            for identity in overridden:  # the table follows, alert or not (`risk_of`)
+                self._write_risk(session, identity)
             for alert in alerts:
                 self._store_alert(session, alert)
             for identity in {a.identity for a in alerts}:
@@ -222,15 +225,17 @@ class MonitorService:
             self._seq = records[-1].seq
             return len(records)
 
-    def _replay_override(self, record: StreamEvent) -> None:
+    def _replay_override(self, record: StreamEvent) -> bool:
         """A risk set outside the monitor (an administrator's override, an undone response)
         was set in the memory of the process that served the request, which need not be the
         one holding the stream: the holder sets it again when the stream reaches its event,
         at its place among the events, or its next alert for that identity would write its
-        own older score back."""
+        own older score back. Whether it did (the event carries a score)."""
         value = (record.data or {}).get(_RISK_OVERRIDES[record.type])
-        if record.subject and isinstance(value, int | float) and not isinstance(value, bool):
-            self.monitor.risk.set(record.subject, float(value), record.ts.timestamp())
+        if not record.subject or not isinstance(value, int | float) or isinstance(value, bool):
+            return False
+        self.monitor.risk.set(record.subject, float(value), record.ts.timestamp())
+        return True
 
     def _create_cursor(self, session: Session) -> None:
         # Every worker runs this job: the first ones may race to create the row (nobody's
@@ -262,20 +267,24 @@ class MonitorService:
                        summary=alert.summary, event_seq=alert.seq, status="open",
                        data={**alert.data, "risk": alert.risk})
         session.add(row)
-        raw = self.monitor.risk.raw(alert.identity)
-        if raw is not None:
-            risk = session.get(RiskRow, alert.identity)
-            if risk is None:
-                session.add(RiskRow(identity_id=alert.identity, score=raw[0],
-                                    updated_at=_dt(raw[1])))
-            else:
-                risk.score, risk.updated_at = raw[0], _dt(raw[1])
-            self._risk_cache.pop(alert.identity, None)
+        self._write_risk(session, alert.identity)
         self._audit.record(session, ev.ALERT_RAISED, actor=MONITOR_ACTOR,
                            subject=alert.identity, action=alert.detector,
                            reasons=[alert.summary], outcome="success",
                            data={"alert": row.id, "score": alert.score, "risk": alert.risk,
                                  "event_seq": alert.seq})
+
+    def _write_risk(self, session: Session, identity: str) -> None:
+        """Store the identity's risk as the monitor's memory has it."""
+        raw = self.monitor.risk.raw(identity)
+        if raw is None:
+            return
+        risk = session.get(RiskRow, identity)
+        if risk is None:
+            session.add(RiskRow(identity_id=identity, score=raw[0], updated_at=_dt(raw[1])))
+        else:
+            risk.score, risk.updated_at = raw[0], _dt(raw[1])
+        self._risk_cache.pop(identity, None)
 
     # -- responses --------------------------------------------------------------------------
 
