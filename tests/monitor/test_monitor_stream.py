@@ -463,3 +463,40 @@ def test_a_pass_that_fails_after_learning_is_learnt_once_when_retried(
     consume(monitor, services, 2000)
     mine, reference = stored(services), event_by_event(services)
     assert reference["alerts"] and mine == reference
+
+
+def test_a_holder_that_stops_hands_the_stream_over_at_once(
+        services: Services, clock: FakeClock, make_identity: Callable[..., Any]) -> None:
+    """A stopping worker gives its lease up (`release`, on the app's shutdown): another
+    takes the stream at its next pass, not a lease later; a process that does not hold it
+    releases nothing."""
+    first, second = worker(services), worker(services)
+    agents = [make_identity(f"agent-release-{i}").id for i in range(3)]
+    normal_traffic(services, clock, agents, 4)
+    consume(first, services, 2000)
+    with services.sessions() as s:
+        second.release(s)  # not the holder: nothing changes
+        s.commit()
+    assert cursor(services)[1:] == (first.lease_owner, clock.now() + timedelta(seconds=LEASE))
+    with services.sessions() as s:
+        first.release(s)
+        s.commit()
+    normal_traffic(services, clock, agents, 2)
+    consume(second, services, 2000)
+    assert cursor(services)[1] == second.lease_owner
+    assert stored(services) == event_by_event(services)
+
+
+def test_the_app_releases_the_stream_when_it_stops(services: Services) -> None:
+    from fastapi.testclient import TestClient
+
+    from tessera.api.app import create_app
+
+    with services.sessions() as s:
+        record(s, services, ev.AUTHZ_DECISION, "agent-app", "agent-app")
+        s.commit()
+    assert services.monitor is not None
+    with TestClient(create_app(services=services)):
+        pass  # the jobs thread runs its jobs once at start: the monitor takes the stream
+    seq, owner, lease_until = cursor(services)
+    assert seq > 0 and owner == services.monitor.lease_owner and lease_until is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,6 +22,8 @@ from tessera.container import Services, build
 from tessera.db import migrate
 from tessera.jobs import Job, JobRunner, exclusive_job
 from tessera.watch import watch_jobs
+
+log = logging.getLogger("tessera.api")
 
 
 class NotMigrated(RuntimeError):
@@ -106,6 +109,18 @@ class TesseraAPI(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+def _release_stream(services: Services) -> None:
+    """This worker stops: another takes the monitor's stream at its next pass."""
+    if services.monitor is None:
+        return
+    try:
+        with services.sessions() as session:
+            services.monitor.release(session)
+            session.commit()
+    except Exception:  # the database is gone: the lease runs out by itself
+        log.warning("could not release the monitor's stream", exc_info=True)
+
+
 def create_app(settings: Settings | None = None, services: Services | None = None, *,
                run_jobs: bool = True) -> FastAPI:
     """Build the app; with no arguments, settings come from the TESSERA_* environment."""
@@ -121,6 +136,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             yield
         finally:
             runner.stop()
+            if run_jobs:
+                _release_stream(svc)
             if owned:
                 svc.close()
 

@@ -53,6 +53,8 @@ _MOVE_CURSOR = update(_CURSORS).where(_CURSORS.c.name == CURSOR,
                                       _CURSORS.c.seq == bindparam("old_seq")).values(
     seq=bindparam("new_seq"), owner=bindparam("new_owner"),
     lease_until=bindparam("new_lease_until"))
+_RELEASE = update(_CURSORS).where(_CURSORS.c.name == CURSOR,
+                                  _CURSORS.c.owner == bindparam("holder")).values(lease_until=None)
 _BASELINES = BaselineRow.__table__
 # Events of a risk set outside the monitor, and the key of their data holding the new score
 # (`MonitorService._replay_override`).
@@ -236,6 +238,12 @@ class MonitorService:
             return False
         self.monitor.risk.set(record.subject, float(value), record.ts.timestamp())
         return True
+
+    def release(self, session: Session) -> None:
+        """Give up the stream's lease, if this process holds it (the caller commits): a
+        process that stops hands the stream over at once, not a lease later."""
+        with self._lock:
+            session.execute(_RELEASE, {"holder": self.lease_owner})
 
     def _create_cursor(self, session: Session) -> None:
         # Every worker runs this job: the first ones may race to create the row (nobody's
