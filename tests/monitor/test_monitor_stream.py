@@ -497,6 +497,15 @@ def test_the_app_releases_the_stream_when_it_stops(services: Services) -> None:
         s.commit()
     assert services.monitor is not None
     with TestClient(create_app(services=services)):
-        pass  # the jobs thread runs its jobs once at start: the monitor takes the stream
+        # The jobs thread runs its jobs once at start: the monitor takes the stream.
+        taken = threading.Event()
+        for _ in range(1000):
+            with services.sessions() as s:
+                row = s.get(StreamCursorRow, CURSOR)
+                if row is not None and row.lease_until is not None:
+                    taken.set()
+                    break
+            taken.wait(0.01)
+        assert taken.is_set()
     seq, owner, lease_until = cursor(services)
     assert seq > 0 and owner == services.monitor.lease_owner and lease_until is None

@@ -366,14 +366,8 @@ class MonitorService:
         return row
 
     def set_risk(self, session: Session, identity: str, score: float) -> None:
-        now = self._clock.now()
-        self.monitor.risk.set(identity, score, now.timestamp())
-        risk = session.get(RiskRow, identity)
-        if risk is None:
-            session.add(RiskRow(identity_id=identity, score=score, updated_at=now))
-        else:
-            risk.score, risk.updated_at = score, now
-        self._risk_cache.pop(identity, None)
+        self.monitor.risk.set(identity, score, self._clock.now().timestamp())
+        self._write_risk(session, identity)
 
     # -- alerts -----------------------------------------------------------------------------
 
