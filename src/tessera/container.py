@@ -28,6 +28,7 @@ from tessera.monitor.caep import CaepService
 from tessera.monitor.engine import MonitorConfig
 from tessera.monitor.service import MonitorService
 from tessera.keys.software import SoftwareKeyProvider, load_or_create_master_key
+from tessera.oauth.api_gate import ApiGate
 from tessera.oauth.lifecycle import TokenLifecycle
 from tessera.oauth.models import RevokedTokenRow
 from tessera.oauth.ports import Client
@@ -60,6 +61,7 @@ class Services:
     monitor: MonitorService | None = None
     caep: CaepService | None = None
     callers: CallerCache | None = None
+    gate: ApiGate | None = None
 
     def close(self) -> None:
         self.audit.close()
@@ -159,7 +161,8 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
                     webhooks=webhooks, access=access, approvals=approvals,
                     secrets=secrets_service, authz=authz, ca=ca,
                     federation=federation, monitor=monitor, caep=caep,
-                    lifecycle=lifecycle, key_rotation=key_rotation, callers=callers)
+                    lifecycle=lifecycle, key_rotation=key_rotation, callers=callers,
+                    gate=ApiGate(lifecycle, identities))
 
 
 def connect_policy(authz: AuthzService, approvals: ApprovalService,

@@ -44,6 +44,11 @@ class Unauthenticated(AppError):
     status = 401
     code = "unauthenticated"
 
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        # The challenge (RFC 6750 §3, RFC 9449 §7.1); a plain bearer one by default.
+        self.headers = headers or {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
 
 class Forbidden(AppError):
     status = 403

@@ -50,13 +50,14 @@ def evaluate(client: TestClient, headers: dict[str, str], body: Any = None) -> A
 
 def count_full_checks(monkeypatch: pytest.MonkeyPatch, services: Services) -> list[str]:
     calls: list[str] = []
-    real = services.tokens.authenticate_bearer
+    assert services.gate is not None
+    real = services.gate.authenticate
 
-    def spy(tok: str, session: Any = None) -> dict[str, Any]:
-        calls.append(tok[:8])
-        return real(tok, session)
+    def spy(session: Any, presented: Any) -> dict[str, Any]:
+        calls.append(presented.authorization[:16])
+        return real(session, presented)
 
-    monkeypatch.setattr(services.tokens, "authenticate_bearer", spy)
+    monkeypatch.setattr(services.gate, "authenticate", spy)
     return calls
 
 
@@ -173,21 +174,28 @@ def test_a_caller_suspended_on_this_node_is_refused_at_once(
     assert evaluate(app_client, h).status_code in (401, 403)
 
 
-def test_a_token_revoked_on_another_node_is_refused_within_the_bound(
-        app_client: TestClient, pdp: dict[str, str], settings: Settings, clock: Any,
-        master_key: bytes) -> None:
+@pytest.mark.parametrize("change", ["revoke_token", "suspend", "revoke_key"])
+def test_a_change_made_on_another_node_refuses_the_cached_caller_at_once(
+        app_client: TestClient, settings: Settings, clock: Any, master_key: bytes,
+        make_identity: Callable[..., Any], pdp: dict[str, str], change: str) -> None:
+    pep = make_identity("pep-b", roles=("authz-client",))
+    h = token(app_client, pep)
     other = make_services(settings.model_copy(update={"node_id": "node-b"}), clock,
                           master_key)
     try:
-        assert evaluate(app_client, pdp).status_code == 200
-        claims = claims_of(pdp)
+        assert evaluate(app_client, h).status_code == 200  # now in this node's cache
+        claims = claims_of(h)
         with other.sessions() as s:
-            other.lifecycle.revoke_jti(s, claims["jti"], claims["exp"])
+            if change == "revoke_token":
+                other.lifecycle.revoke_jti(s, claims["jti"], claims["exp"])
+            elif change == "suspend":
+                other.identities.suspend(s, pep.id, actor="test")
+            else:
+                (cred,) = other.identities.credentials(s, pep.id)
+                other.identities.revoke_credential(s, pep.id, cred.id, actor="test")
             s.commit()
-        # The documented window: this node checked the token less than ttl ago.
-        assert evaluate(app_client, pdp).status_code == 200
-        clock.advance(settings.authz.caller_cache_seconds + 0.5)
-        assert evaluate(app_client, pdp).status_code == 401
+        # Within the cache's lifetime: the decision's commit re-validates the cached caller.
+        assert evaluate(app_client, h).status_code in (401, 403)
     finally:
         other.close()
 

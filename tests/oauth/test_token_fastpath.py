@@ -173,9 +173,10 @@ def test_triggers_cover_every_column_but_the_usage_stamps() -> None:
     from tessera.identity.models import CredentialRow
 
     migration = import_module("tessera.migrations.versions.0008_registry_rev")
+    latest = import_module("tessera.migrations.versions.0011_identity_suspended_at")
     identity_cols = {c.name for c in IdentityRow.__table__.columns}
     credential_cols = {c.name for c in CredentialRow.__table__.columns}
-    assert set(migration.IDENTITY_COLUMNS) == identity_cols - {"last_seen_at", "rev"}
+    assert set(latest.IDENTITY_COLUMNS) == identity_cols - {"last_seen_at", "rev"}
     assert set(migration.CREDENTIAL_COLUMNS) == credential_cols - {"last_used_at"}
 
 

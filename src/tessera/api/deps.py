@@ -3,20 +3,24 @@ by the management policy set (Cedar, `admin`)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from tessera.api.tls import certificate_binding_holds
+from tessera.api.tls import client_cert_der
 from tessera.audit import RequestContext
 from tessera.audit import events as ev
 from tessera.authz import ADMIN_SET
 from tessera.container import Services
-from tessera.errors import Forbidden, OAuthError, Unauthenticated
-from tessera.oauth.rfc9068_access_token import InvalidToken
+from tessera.errors import Forbidden, Unauthenticated
+from tessera.oauth.api_gate import ApiCredentialRejected, Presented
+
+log = logging.getLogger("tessera.api")
 
 
 def get_services(request: Request) -> Services:
@@ -34,32 +38,38 @@ def request_context(request: Request, actor: str | None = None) -> RequestContex
                           source=request.client.host if request.client else None, actor=actor)
 
 
-def bearer_token(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("a bearer access token is required")
-    return token.strip()
+def presented(request: Request) -> Presented:
+    """What the request presents to the gate: headers, method, URL and TLS certificate."""
+    return Presented(authorization=request.headers.get("authorization", ""),
+                     dpop=request.headers.getlist("dpop"), method=request.method,
+                     url=str(request.url), path=request.url.path,
+                     client_cert=client_cert_der(request.scope))
 
 
-def _authenticate(request: Request, session: Session) -> dict[str, Any]:
-    """Bearer (RFC 6750) or DPoP-bound (RFC 9449 §7) access token of Tessera's API."""
+def _refusal(exc: ApiCredentialRejected) -> Unauthenticated:
+    """401 with the RFC 6750 §3 / RFC 9449 §7.1 challenge; the reason stays in the log."""
+    log.info("access token refused: %s", exc.reason)
+    if exc.nonce is not None:
+        return Unauthenticated("the DPoP proof must carry the server's nonce", headers={
+            "WWW-Authenticate": 'DPoP error="use_dpop_nonce"', "DPoP-Nonce": exc.nonce})
+    if exc.dpop:
+        return Unauthenticated("the access token or its DPoP proof is invalid",
+                               headers={"WWW-Authenticate": 'DPoP error="invalid_token"'})
+    return Unauthenticated("the access token is invalid, expired or revoked")
+
+
+def authenticate(request: Request, session: Session) -> dict[str, Any]:
+    """The one gate: the claims of the request's access token after the full check
+    (`tessera.oauth.api_gate`). Every route that accepts a Tessera token comes here."""
     services = get_services(request)
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "dpop" and token.strip():
-        proofs = request.headers.getlist("dpop")
-        try:
-            claims = services.lifecycle.authenticate_dpop(
-                session, token.strip(), ",".join(proofs) or None, method=request.method,
-                url=str(request.url), path=request.url.path)
-        except (InvalidToken, OAuthError) as exc:
-            raise Unauthenticated("the access token or its DPoP proof is invalid") from exc
-        session.commit()  # the proof's jti is spent even when the route only reads
-        return claims
     try:
-        return services.tokens.authenticate_bearer(bearer_token(request), session)
-    except InvalidToken as exc:
-        raise Unauthenticated("the access token is invalid or expired") from exc
+        claims = services.gate.authenticate(session, presented(request))
+    except ApiCredentialRejected as exc:
+        session.rollback()
+        raise _refusal(exc) from exc
+    if session.new or session.dirty or "cnf" in claims:
+        session.commit()  # a DPoP proof's jti is spent even when the route only reads
+    return claims
 
 
 def _cacheable_bearer(request: Request) -> str | None:
@@ -72,29 +82,23 @@ def _cacheable_bearer(request: Request) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-def _bound_subject(request: Request, claims: dict[str, Any]) -> str:
-    if not certificate_binding_holds(request.scope, claims):  # RFC 8705 §3
-        raise Unauthenticated("the token is bound to a certificate this connection did "
-                              "not present")
+def authenticated_subject(request: Request, session: Session) -> str:
+    """The `sub` of a valid Tessera access token, fully checked; a bearer token that passed
+    goes into the caller cache, whose entries the decision path validates at commit."""
+    services = get_services(request)
+    token = _cacheable_bearer(request)
+    callers = services.callers
+    generation = callers.generation if callers is not None else 0
+    claims = authenticate(request, session)
+    if token is not None and callers is not None and "cnf" not in claims:
+        callers.put(token, claims, generation, services.gate.revisions(session, claims))
     return str(claims["sub"])
 
 
-def authenticated_subject(request: Request, session: Session, *,
-                          cached: bool = False) -> str:
-    """The `sub` of a valid Tessera access token (Bearer or DPoP-bound, maybe mTLS-bound).
-
-    `cached`: a bearer token fully checked moments ago is taken from the caller cache
-    (`tessera.authz.callers`, bounded staleness), and a full check fills it."""
-    token = _cacheable_bearer(request) if cached else None
-    callers = get_services(request).callers
-    if token is None or callers is None:
-        return _bound_subject(request, _authenticate(request, session))
-    claims = callers.get(token)
-    if claims is None:
-        generation = callers.generation
-        claims = _authenticate(request, session)
-        callers.put(token, claims, generation)
-    return _bound_subject(request, claims)
+def caller(request: Request, session: Annotated[Session, Depends(get_session)]) -> str:
+    """Any registered, active identity with a valid access token (agents, owners, approvers):
+    the self-service routes (CA, secrets, access requests, approvals)."""
+    return authenticated_subject(request, session)
 
 
 def authorize_call(request: Request, session: Session, subject: str, *,
@@ -123,48 +127,59 @@ def authorize_call(request: Request, session: Session, subject: str, *,
 
 def admin_subject(request: Request, session: Annotated[Session, Depends(get_session)]) -> str:
     """The identity behind a valid access token, allowed by the management policies."""
-    services = get_services(request)
     subject = authenticated_subject(request, session)
-    identity = services.identities.find(session, subject)
-    if identity is None or not services.identities.is_usable(identity):
-        raise Unauthenticated("the token's subject is not an active identity")
     authorize_call(request, session, subject)
     return subject
 
 
 def pdp_caller(request: Request, session: Annotated[Session, Depends(get_session)]) -> str:
-    """A PDP caller: a valid token whose subject the policies allow to ask (no DB read; an
-    inactive or unknown subject is denied by the decision itself)."""
-    subject = authenticated_subject(request, session, cached=True)
+    """A PDP caller: a valid token whose subject the policies allow to ask."""
+    subject = authenticated_subject(request, session)
     authorize_call(request, session, subject, log_allowed=False)
     return subject
 
 
-def _pdp_caller_in_session(request: Request) -> str:
+def pdp_caller_in_session(request: Request) -> str:
     with get_services(request).sessions() as session:
         return pdp_caller(request, session)
 
 
-async def pdp_caller_async(request: Request) -> str:
-    """`pdp_caller` for async routes: from memory on the event loop when the token is in the
-    caller cache, the snapshots are fresh and the policies allow the caller; otherwise (a
-    first sight of the token, a check due, a denial to log) on a worker thread."""
+@dataclass(frozen=True)
+class CachedCaller:
+    """A caller answered from the caller cache: its decision's commit must re-validate it
+    (`revisions` and `jti`, see `tessera.authz.callers`)."""
+
+    subject: str
+    jti: str | None
+    revisions: tuple[tuple[str, int], ...]
+
+
+async def pdp_caller_async(request: Request) -> str | CachedCaller:
+    """`pdp_caller` for async routes. From memory on the event loop when the bearer token is
+    in the caller cache, the snapshots are fresh and the policies allow the caller: the answer
+    is then a `CachedCaller`, and the decision's commit checks that no party behind the token
+    changed and the token was not revoked since (on any node); otherwise the full check runs
+    on a worker thread."""
     services = get_services(request)
     token = _cacheable_bearer(request)
-    claims = services.callers.get(token) if token and services.callers else None
-    if claims is not None and not services.authz.refresh_due():
-        subject = _bound_subject(request, claims)
+    entry = services.callers.entry(token) if token and services.callers else None
+    if entry is not None and not services.authz.refresh_due():
+        claims = entry.claims
+        subject = str(claims["sub"])
         route = request.scope.get("route")
         _req, decision = services.authz.authorize_management(
             subject, request.method, getattr(route, "path", request.url.path), None,
             request.client.host if request.client else None,
             snapshot=services.authz.current(ADMIN_SET))
         if decision.allowed:
-            return subject
-    return await run_in_threadpool(_pdp_caller_in_session, request)
+            jti = claims.get("jti")
+            return CachedCaller(subject, jti if isinstance(jti, str) else None,
+                                entry.revisions)
+    return await run_in_threadpool(pdp_caller_in_session, request)
 
 
 DbSession = Annotated[Session, Depends(get_session)]
 AdminSubject = Annotated[str, Depends(admin_subject)]
 PDPCaller = Annotated[str, Depends(pdp_caller)]
+Caller = Annotated[str, Depends(caller)]
 ServicesDep = Annotated[Services, Depends(get_services)]

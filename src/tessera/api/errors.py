@@ -50,8 +50,7 @@ def _clean_errors(errors: Any) -> list[dict[str, Any]]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> JSONResponse:
-        headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} \
-            if isinstance(exc, Unauthenticated) else None
+        headers = exc.headers if isinstance(exc, Unauthenticated) else None
         return problem(exc.status, exc.code, exc.message, request, headers, **exc.extra)
 
     @app.exception_handler(OAuthError)

@@ -1,17 +1,17 @@
 """Who may ask the decision point: a short-lived, per-node memory of callers whose bearer
-access token passed the full check (signature, claims, revoked `jti`, status of every party
-behind the token, credential revocation).
+access token passed the full check of `tessera.oauth.api_gate` (signature, claims, revoked
+`jti`, status of every party behind the token, credential revocation).
 
-A decision request then costs no signature verification and no database read for its caller.
-What stays exact: the token's own expiry (never served past `exp`), the certificate binding
-(checked per request by the caller) and the subject's status in the decision snapshot (the
-`admin` policy set denies a suspended or expired principal whatever the policies say; the
-snapshot follows identity changes at once on this node and within a second on the others).
+A decision request then costs no signature verification and no database read for its caller,
+and nothing is trusted on the cache's word alone: each entry keeps the `identities.rev` of
+every party behind the token as the full check saw them, and the transaction that commits the
+decision's audit event checks those revs and that the `jti` is still unrevoked (hooks in
+`tessera.oauth.deferred`). A suspension, a resume, a revoked key or a revoked token, made
+through any node, therefore refuses the cached caller at the very next decision's commit, which
+then runs the full check again. Tokens bound to a key or a certificate are never cached.
 
-What may lag, and by how much: a token revoked, or a client/actor suspended, through
-*another* node is still accepted here for at most `ttl` seconds after this node last checked it
-fully (`TESSERA_AUTHZ__CALLER_CACHE_SECONDS`, default 1 s; 0 turns the cache off). Through this
-node, such a change empties the cache when it commits. Only the SHA-256 of a token is kept,
+Entries live at most `ttl` seconds (`TESSERA_AUTHZ__CALLER_CACHE_SECONDS`, default 1 s; 0
+turns the cache off) and never past the token's `exp`. Only the SHA-256 of a token is kept,
 never the token.
 """
 
@@ -28,10 +28,11 @@ MAX_ENTRIES = 10_000
 
 
 @dataclass(frozen=True)
-class _Entry:
+class Entry:
     claims: dict[str, Any]
     exp: float
     fresh_until: float
+    revisions: tuple[tuple[str, int], ...] = ()
 
 
 class CallerCache:
@@ -41,7 +42,7 @@ class CallerCache:
         self._clock = clock
         self.ttl = ttl
         self._max = max_entries
-        self._entries: dict[bytes, _Entry] = {}
+        self._entries: dict[bytes, Entry] = {}
         self._lock = threading.Lock()
         self.generation = 0  # bumped by clear(): a check begun before it is not cached
 
@@ -55,6 +56,11 @@ class CallerCache:
 
     def get(self, token: str) -> dict[str, Any] | None:
         """The claims of `token` if it was fully checked less than `ttl` seconds ago."""
+        entry = self.entry(token)
+        return None if entry is None else entry.claims
+
+    def entry(self, token: str) -> Entry | None:
+        """The entry of `token` if it was fully checked less than `ttl` seconds ago."""
         if not self.enabled:
             return None
         entry = self._entries.get(self._key(token))
@@ -64,20 +70,26 @@ class CallerCache:
         if now >= entry.fresh_until or now >= entry.exp:
             self._entries.pop(self._key(token), None)
             return None
-        return entry.claims
+        return entry
 
-    def put(self, token: str, claims: dict[str, Any], generation: int) -> None:
+    def put(self, token: str, claims: dict[str, Any], generation: int,
+            revisions: list[tuple[str, int]] | None = None) -> None:
         """Remember a token that just passed the full check begun at `generation`."""
         exp = claims.get("exp")
         if not self.enabled or not isinstance(exp, (int, float)) or isinstance(exp, bool):
             return
-        entry = _Entry(dict(claims), float(exp), self._clock.now().timestamp() + self.ttl)
+        entry = Entry(dict(claims), float(exp), self._clock.now().timestamp() + self.ttl,
+                      tuple(revisions or ()))
         with self._lock:
             if generation != self.generation:
                 return  # something changed while it was being checked: check again next time
             if len(self._entries) >= self._max:
                 self._entries.clear()
             self._entries[self._key(token)] = entry
+
+    def evict(self, token: str) -> None:
+        with self._lock:
+            self._entries.pop(self._key(token), None)
 
     def clear(self) -> None:
         with self._lock:

@@ -590,7 +590,9 @@ class AuthzService:
             ev.AUTHZ_DECISION.startswith(self._audit.options.group_types)
 
     def submit_batch(self, items: list[tuple[EvalRequest, Decision]], *, actor: str | None,
-                     ctx: RequestContext | None) -> asyncio.Future[list[dict[str, Any]]]:
+                     ctx: RequestContext | None,
+                     intents: dict[str, list[Any]] | None = None
+                     ) -> asyncio.Future[list[dict[str, Any]]]:
         """`record_batch` without a session, from a coroutine: the same event, handed straight
         to the group committer. The future resolves once the event is committed (await it
         before answering: no response leaves before its event is durable)."""
@@ -598,7 +600,10 @@ class AuthzService:
             raise RuntimeError("decision events do not take the group-commit path")
         evt = self._audit.event(ev.AUTHZ_DECISION, ctx=ctx,
                                 **self._batch_fields(items, actor=actor))
-        future = self._audit.submit_unit(WriteUnit(events=[evt]))
+        # `intents`: checks the commit makes for the caller (e.g. a cached caller's
+        # revisions); a unit they refuse fails its future.
+        future = self._audit.submit_unit(WriteUnit(events=[evt],
+                                                   intents=dict(intents or {})))
         if future is None:
             raise RuntimeError("the audit committer is closed")
         return future

@@ -30,6 +30,8 @@ class IdentityRow(Base):
     status_changed_at: Mapped[datetime | None]
     status_changed_by: Mapped[str | None] = mapped_column(String(40))
     status_reason: Mapped[str | None] = mapped_column(String(1000))
+    # When it was last suspended: tokens issued before stay dead after a resume.
+    suspended_at: Mapped[datetime | None]
     # Issue 3 (migration 0003_oauth): per-identity token lifetime, DPoP, delegation rules.
     token_ttl: Mapped[int | None] = mapped_column(Integer, default=None)
     dpop_required: Mapped[bool] = mapped_column(Boolean, default=False)

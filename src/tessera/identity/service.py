@@ -273,6 +273,8 @@ class IdentityService:
         now = self._clock.now()
         row.status, row.status_changed_at, row.status_changed_by = status, now, actor
         row.status_reason, row.updated_at = reason or None, now
+        if status != "active":
+            row.suspended_at = now
         self._audit.record(session, event, actor=actor, subject=row.id, ctx=ctx,
                            reasons=[reason] if reason else [])
         return row
@@ -402,11 +404,12 @@ class IdentityService:
 
     def credential_revoked_since(self, session: Session, identity_id: str,
                                  since: datetime) -> bool:
-        """True when any credential of the identity was revoked after `since` (key compromise:
-        tokens obtained before it are no longer trusted)."""
+        """True when any credential of the identity was revoked at or after `since` (key
+        compromise: tokens obtained before it are no longer trusted). `since` is a token's
+        `iat`, in whole seconds: a revocation in the token's own second counts (fail closed)."""
         return session.scalars(select(CredentialRow.id).where(
             CredentialRow.identity_id == identity_id,
-            CredentialRow.revoked_at > since).limit(1)).first() is not None
+            CredentialRow.revoked_at >= since).limit(1)).first() is not None
 
     def touch_statements(self, client: ClientView, key: KeyView
                          ) -> list[tuple[Any, dict[str, Any]]]:

@@ -37,13 +37,15 @@ from tessera.errors import WouldBlock
 from tessera.identity import IdentityService
 from tessera.identity.models import IdentityRow
 from tessera.identity.service import ClientView
-from tessera.oauth.models import UsedJTIRow
+from tessera.oauth.models import RevokedTokenRow, UsedJTIRow
 
 HOOK_REV = "identity.rev"  # intents: (identity id, rev the request relied on)
 # intents: (issuer, jti, expires_at, replayed): `replayed(issuer)` builds the refusal, only
 # for a use that lost (building an exception per request costs more than the rest of the use).
 HOOK_REPLAY = "oauth.replay"
 HOOK_SQL = "sql"  # intents: (statement, params), e.g. the usage stamps
+# intents: the jti of a cached caller's access token, which must not have been revoked since
+HOOK_NOT_REVOKED = "oauth.not_revoked"
 
 
 class StaleClient(Exception):
@@ -52,6 +54,14 @@ class StaleClient(Exception):
     def __init__(self, client_id: str) -> None:
         super().__init__(f"client {client_id} changed while the request ran")
         self.client_id = client_id
+
+
+class RevokedCaller(Exception):
+    """The access token a cached caller relied on was revoked before the request committed."""
+
+    def __init__(self, jti: str) -> None:
+        super().__init__("the caller's access token was revoked")
+        self.jti = jti
 
 
 class ClientCache:
@@ -172,6 +182,38 @@ _FORGET_JTI = FastStatement(delete(UsedJTIRow.__table__).where(
     (UsedJTIRow.__table__.c.jti == bindparam("jti"))))
 
 
+def _revoked_of(n: int) -> Any:
+    t = RevokedTokenRow.__table__
+    return select(t.c.jti).where(t.c.jti.in_([bindparam(f"jti_{i}") for i in range(n)]))
+
+
+_REVOKED = FastRowsStatement(_revoked_of)
+_REVOKED_PG = FastStatement(text(
+    "SELECT jti FROM revoked_tokens WHERE jti IN "
+    "(SELECT jsonb_array_elements_text(CAST(:jtis AS jsonb)))").columns(column("jti")))
+
+
+def check_not_revoked(session: Session, items: list[tuple[int, list[Any]]]) -> Settle:
+    """Refuse every unit whose cached caller's token was revoked (on any node) since."""
+    jtis = sorted({jti for _, intents in items for jti in intents})
+    if _postgresql(session):
+        sent = [_REVOKED_PG.send(session, {"jtis": json_array(jtis)})]
+    else:
+        sent = _REVOKED.send(session, [{"jti": j} for j in jtis])
+
+    def settle(refused: dict[int, Exception]) -> dict[int, Exception]:
+        revoked = {row[0] for part in sent for row in part.rows()}
+        out: dict[int, Exception] = {}
+        for index, intents in items:
+            for jti in intents:
+                if jti in revoked:
+                    out[index] = RevokedCaller(jti)
+                    break
+        return out
+
+    return settle
+
+
 def check_revs(session: Session, items: list[tuple[int, list[Any]]]) -> Settle:
     """Refuse every unit that relied on a client view whose rev has moved since."""
     ids = sorted({identity for _, intents in items for identity, _ in intents})
@@ -268,9 +310,10 @@ def _fast(stmt: Any) -> FastStatement:
 def install(audit: AuditService) -> None:
     """Register the hooks, in the order they must run: checks before writes."""
     audit.register_hook(HOOK_REV, check_revs, pipelined=True)
+    audit.register_hook(HOOK_NOT_REVOKED, check_not_revoked, pipelined=True)
     audit.register_hook(HOOK_REPLAY, use_jtis, pipelined=True)
     audit.register_hook(HOOK_SQL, run_statements)
 
 
-__all__ = ["ClientCache", "DeferredReplay", "HOOK_REPLAY", "HOOK_REV", "HOOK_SQL",
-           "StaleClient", "install"]
+__all__ = ["ClientCache", "DeferredReplay", "HOOK_NOT_REVOKED", "HOOK_REPLAY", "HOOK_REV",
+           "HOOK_SQL", "RevokedCaller", "StaleClient", "install"]

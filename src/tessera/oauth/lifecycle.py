@@ -50,7 +50,6 @@ from tessera.oauth.ports import Client, ReplayCache
 from tessera.oauth.rfc9449_dpop import DPoPProof, DPoPVerifier, HMACNonces, InvalidDPoPProof
 from tessera.oauth.service import (
     SqlClients,
-    SqlReplayCache,
     TokenRequest,
     TokenResponse,
     TokenService,
@@ -136,12 +135,18 @@ class TokenLifecycle:
         self.tokens.grants["client_credentials"] = self._client_credentials
         self.tokens.grants[rt.GRANT_TYPE] = self._refresh
         self.tokens.grants[tx.GRANT_TYPE] = self._exchange
-        self.tokens.token_checks.append(self.check_active)
         return self
 
     @property
     def grant_types(self) -> list[str]:
         return sorted(self.tokens.grants)
+
+    def now(self) -> datetime:
+        return self._clock.now()
+
+    def keyset(self) -> Any:
+        """The public keys Tessera's own tokens verify against."""
+        return self._keys.keyset()
 
     # -- DPoP ------------------------------------------------------------------------------
 
@@ -430,50 +435,41 @@ class TokenLifecycle:
     # -- status checks shared by introspection, exchange and the management API -------------
 
     def check_active(self, session: Session, claims: dict[str, Any]) -> None:
-        """Raises InvalidToken when the token was revoked or a party behind it may not act."""
+        """Raises InvalidToken when the token was revoked or a party behind it may not act:
+        the client and every actor of a nested `act` chain must be registered, and each party
+        (those and the subject) active, not suspended since the token was issued (a suspension
+        ends what was issued before it for good, resumed or not), and without a credential
+        revoked since."""
         jti = claims.get("jti")
         if isinstance(jti, str) and session.get(RevokedTokenRow, jti) is not None:
             raise at.InvalidToken("revoked")
         iat = claims.get("iat")
-        issued = datetime.fromtimestamp(iat, self._clock.now().tzinfo) \
-            if isinstance(iat, (int, float)) else None
-        parties = {claims.get("client_id"), claims.get("sub")}
+        if not isinstance(iat, (int, float)) or isinstance(iat, bool):
+            raise at.InvalidToken("iat missing")
+        issued = datetime.fromtimestamp(iat, self._clock.now().tzinfo)
+        required = [claims.get("client_id")]
         act = claims.get("act")
-        while isinstance(act, dict):
-            parties.add(act.get("client_id"))
+        while act is not None:
+            if not isinstance(act, dict) or not isinstance(act.get("client_id"), str):
+                raise at.InvalidToken("an actor of the act chain names no client")
+            required.append(act["client_id"])
             act = act.get("act")
-        for party in parties:
+        for party in dict.fromkeys([*required, claims.get("sub")]):
             if not isinstance(party, str):
-                continue
+                raise at.InvalidToken("a party of the token is missing")
             row = self._identities.find(session, party)
             if row is None:
-                if party == claims.get("client_id"):
-                    raise at.InvalidToken("unknown client")
+                if party in required:
+                    raise at.InvalidToken("unknown client or actor")
                 continue
             if not self._identities.is_usable(row):
                 raise at.InvalidToken("a party is not active")
-            if issued is not None and self._identities.credential_revoked_since(
-                    session, row.id, issued):
+            # iat has whole seconds: a token of the suspension's own second is refused too.
+            suspended = row.suspended_at
+            if suspended is not None and utc(suspended).timestamp() // 1 >= iat:
+                raise at.InvalidToken("a party was suspended after issuance")
+            if self._identities.credential_revoked_since(session, row.id, issued):
                 raise at.InvalidToken("a key was revoked after issuance")
-
-    def authenticate_dpop(self, session: Session, token: str, proof: str | None, *,
-                          method: str, url: str, path: str | None = None) -> dict[str, Any]:
-        """A DPoP-bound token for Tessera's own API: token, then proof with `ath` and key."""
-        now = self._clock.now()
-        claims = at.validate(token, self._keys.keyset(), issuer=self.tokens.issuer,
-                             audience=self.tokens.issuer, now=now, leeway=self.settings.leeway)
-        cnf = claims.get("cnf")
-        jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
-        if not isinstance(jkt, str):
-            raise at.InvalidToken("not a DPoP-bound token")
-        # RFC 9449 §7.1 / §4.3 items 12-13: ath and the key bound in cnf.jkt.
-        # htu may name the request URL or the public one (issuer + path, behind a proxy).
-        urls = [url] + ([self.tokens.issuer + path] if path else [])
-        verifier = self.dpop_verifier(SqlReplayCache(session), lambda: session)
-        verifier.verify(proof, method=method, urls=urls, now=now, access_token=token, jkt=jkt,
-                        status=401)
-        self.check_active(session, claims)
-        return claims
 
     # -- introspection (RFC 7662) ----------------------------------------------------------
 

@@ -213,8 +213,6 @@ class TokenRequest:
 
 GrantHandler = Callable[[TokenRequest], TokenResponse]
 ClientAuthenticator = Callable[[TokenRequest], "AuthenticatedClient | None"]
-# Checks run on every Tessera token the management API accepts (revocation, status...).
-TokenCheck = Callable[[Session, dict[str, Any]], None]
 
 
 class TokenService:
@@ -240,7 +238,6 @@ class TokenService:
         # What metadata advertises; whoever appends an authenticator names its methods here.
         self.auth_methods: list[str] = ["private_key_jwt"]
         self.certificate_bound_tokens = False
-        self.token_checks: list[TokenCheck] = []
         self._sessions = sessions
         self._assertion_audiences = frozenset({self.issuer, self.token_endpoint})
         self.clients: ClientCache | None = None
@@ -477,22 +474,17 @@ class TokenService:
         unique = list(dict.fromkeys(resources))
         return unique[0] if len(unique) == 1 else unique
 
-    def authenticate_bearer(self, token: str, session: Session | None = None) -> dict[str, Any]:
-        """Validate one of our own access tokens for Tessera's API (audience = issuer).
-
-        With a session, `token_checks` also run (revoked jti, suspended subject or client).
-        """
+    def authenticate_bearer(self, token: str) -> dict[str, Any]:
+        """The claims of one of our own bearer access tokens (audience = issuer), from its
+        signature and claims alone. Routes never use this: they go through the one gate,
+        `tessera.oauth.api_gate.ApiGate`, which also checks status, revocation and binding."""
         claims = at.validate(token, self._keys.keyset(), issuer=self.issuer,
                              audience=self.issuer, now=self._clock.now(),
                              leeway=self._settings.leeway)
-        # RFC 9449 §7.1: a DPoP-bound token is not a bearer token. (A certificate-bound one,
-        # RFC 8705 §3, is presented as Bearer; the caller checks its x5t#S256 binding.)
+        # RFC 9449 §7.1: a DPoP-bound token is not a bearer token.
         cnf = claims.get("cnf")
         if isinstance(cnf, dict) and "jkt" in cnf:
             raise at.InvalidToken("sender-constrained token presented as a bearer token")
-        if session is not None:
-            for check in self.token_checks:
-                check(session, claims)
         return claims
 
     def purge_expired(self, session: Session) -> int:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Query, Request
 from sqlalchemy.orm import Session
 
 from tessera.access.approvals import request_from
@@ -23,38 +23,15 @@ from tessera.access.schemas import (
     WebhookCreate,
     WebhookRead,
 )
-from tessera.api.deps import (
-    AdminSubject,
-    DbSession,
-    ServicesDep,
-    bearer_token,
-    get_services,
-    get_session,
-    request_context,
-)
-from tessera.errors import Forbidden, NotFound, Refused, Unauthenticated, ValidationFailed
+from tessera.api.deps import AdminSubject, Caller, DbSession, ServicesDep, request_context
+from tessera.errors import Forbidden, NotFound, Refused, ValidationFailed
 from tessera.identity import ADMIN_ROLE
-from tessera.oauth.rfc9068_access_token import InvalidToken
 
 RequestStatus = Literal["pending", "approved", "denied", "withdrawn", "expired", "cancelled"]
 ApprovalStatus = Literal["pending", "approved", "denied", "expired", "used", "cancelled"]
 
 
-def current_subject(request: Request,
-                    session: Annotated[Session, Depends(get_session)]) -> str:
-    """Any active identity with a valid access token (agents, owners, approvers)."""
-    services = get_services(request)
-    try:
-        claims = services.tokens.authenticate_bearer(bearer_token(request))
-    except InvalidToken as exc:
-        raise Unauthenticated("the access token is invalid or expired") from exc
-    identity = services.identities.find(session, claims["sub"])
-    if identity is None or not services.identities.is_usable(identity):
-        raise Unauthenticated("the token's subject is not an active identity")
-    return str(identity.id)
-
-
-CurrentSubject = Annotated[str, Depends(current_subject)]
+CurrentSubject = Caller  # the one gate (tessera.api.deps.authenticate)
 
 
 @contextmanager

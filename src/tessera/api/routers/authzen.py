@@ -12,7 +12,15 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from tessera.api.deps import DbSession, PDPCaller, ServicesDep, pdp_caller_async, request_context
+from tessera.api.deps import (
+    CachedCaller,
+    DbSession,
+    PDPCaller,
+    ServicesDep,
+    pdp_caller_in_session,
+    pdp_caller_async,
+    request_context,
+)
 from tessera.api.errors import problem
 from tessera.api.middleware import FastJSONResponse, serve_bare
 from tessera.audit import RequestContext
@@ -21,6 +29,7 @@ from tessera.authz import authzen
 from tessera.authz.approvals import REFERENCE_KEY
 from tessera.authz.engine import Decision, EvalRequest
 from tessera.authz.errors import AuthZENError
+from tessera.oauth.deferred import HOOK_NOT_REVOKED, HOOK_REV, RevokedCaller, StaleClient
 
 router = APIRouter(tags=["authzen"])
 SEARCH_PATHS = {"subject": "/access/v1/search/subject", "resource": "/access/v1/search/resource",
@@ -95,7 +104,9 @@ def _evaluate(request: Request, raw: bytes, caller: str, services: Any,
 async def _evaluate_async(request: Request, batch: bool) -> JSONResponse:
     """No thread hop and no database read when nothing needs one: the caller comes from the
     caller cache, the snapshots and the approval gate answer from memory, and the decision
-    event goes straight to the audit group committer, awaited until it is durable.
+    event goes straight to the audit group committer, awaited until it is durable. The commit
+    re-validates the cached caller (no party behind its token changed, the token was not
+    revoked, on any node); if it no longer holds, the request is answered by the full path.
 
     Otherwise — a check due, group commit off, or an approval reference to spend (its
     redemption writes in the request's transaction) — the session path runs on a worker
@@ -105,12 +116,23 @@ async def _evaluate_async(request: Request, batch: bool) -> JSONResponse:
     raw = await request.body()
     caller = await pdp_caller_async(request)
     authz = services.authz
-    if authz.can_submit_decisions() and REFERENCE_BYTES not in raw and \
-            not authz.refresh_due():
-        out, done, ctx = _decide(request, raw, caller, None, services, batch)
-        if done:
-            await authz.submit_batch(done, actor=caller, ctx=ctx)
-        return FastJSONResponse(out)
+    if isinstance(caller, CachedCaller):
+        if authz.can_submit_decisions() and REFERENCE_BYTES not in raw and \
+                not authz.refresh_due():
+            out, done, ctx = _decide(request, raw, caller.subject, None, services, batch)
+            # Nothing to commit, nothing validates the cached caller: the full path answers.
+            if done:
+                intents: dict[str, list[Any]] = {HOOK_REV: list(caller.revisions)}
+                if caller.jti is not None:
+                    intents[HOOK_NOT_REVOKED] = [caller.jti]
+                try:
+                    await authz.submit_batch(done, actor=caller.subject, ctx=ctx,
+                                             intents=intents)
+                except (StaleClient, RevokedCaller):
+                    services.callers.clear()  # something behind a cached token changed
+                else:
+                    return FastJSONResponse(out)
+        caller = await run_in_threadpool(pdp_caller_in_session, request)
     return FastJSONResponse(await run_in_threadpool(_evaluate, request, raw, caller, services,
                                                     batch))
 

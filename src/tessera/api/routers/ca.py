@@ -12,15 +12,13 @@ from sqlalchemy.orm import Session
 from tessera.api.deps import (
     DbSession,
     ServicesDep,
-    bearer_token,
+    authenticated_subject,
     get_services,
     get_session,
     request_context,
 )
-from tessera.api.tls import certificate_binding_holds
-from tessera.errors import AppError, Forbidden, Unauthenticated
+from tessera.errors import AppError, Forbidden
 from tessera.identity import ADMIN_ROLE
-from tessera.oauth.rfc9068_access_token import InvalidToken
 
 router = APIRouter(tags=["ca"])
 
@@ -39,21 +37,11 @@ class Caller(BaseModel):
 
 def authenticated_caller(request: Request,
                          session: Annotated[Session, Depends(get_session)]) -> Caller:
-    """Any active identity with a valid access token; a certificate-bound token must come
-    over a connection that presents the same certificate (RFC 8705 §3)."""
-    services = get_services(request)
-    try:
-        claims = services.tokens.authenticate_bearer(bearer_token(request))
-    except InvalidToken as exc:
-        raise Unauthenticated("the access token is invalid or expired") from exc
-    if not certificate_binding_holds(request.scope, claims):
-        raise Unauthenticated("the token is bound to a certificate this connection did "
-                              "not present")
-    row = services.identities.find(session, claims["sub"])
-    if row is None or not services.identities.is_usable(row):
-        raise Unauthenticated("the token's subject is not an active identity")
-    return Caller(identity_id=row.id,
-                  admin=services.identities.has_role(session, row.id, ADMIN_ROLE))
+    """Any active identity with a fully checked access token (the one gate)."""
+    subject = authenticated_subject(request, session)
+    return Caller(identity_id=subject,
+                  admin=get_services(request).identities.has_role(session, subject,
+                                                                  ADMIN_ROLE))
 
 
 CallerDep = Annotated[Caller, Depends(authenticated_caller)]
