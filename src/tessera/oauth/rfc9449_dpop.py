@@ -51,6 +51,7 @@ class UseDPoPNonce(OAuthError):
         super().__init__("use_dpop_nonce",
                          "Authorization server requires nonce in DPoP proof", status=status,
                          headers={"DPoP-Nonce": nonce})
+        self.nonce = nonce
         self.reason = "missing or stale nonce"
 
 
