@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from joserfc.jwk import ECKey
-from oauth_helpers import proof, revoke
+from tests.conftest import ISSUER, Actor, bearer_headers
 
+from oauth_helpers import proof, revoke
 from tessera.container import Services
 from tessera.identity import ADMIN_ROLE
 from tessera.oauth import rfc9068_access_token as at
 from tessera.oauth.rfc8705_mtls import confirmation
-from tests.conftest import ISSUER, Actor, bearer_headers
 
 # Routes that take no Tessera access token: client authentication of their own (RFC 6749
 # §2.3 at the token, introspection and revocation endpoints), or public documents.
