@@ -69,7 +69,8 @@ class CASettings(BaseModel):
     root_days: int = Field(3650, ge=30, le=3650 * 3)
     intermediate_days: int = Field(365, ge=7, le=3650)
     svid_ttl: int = Field(3600, ge=60, le=86400, description="default certificate lifetime (s)")
-    max_svid_ttl: int = Field(86400, ge=60, le=7 * 86400, description="hard cap (s)")
+    max_svid_ttl: int = Field(3600, ge=60, le=7 * 86400,
+                              description="hard cap (s): no certificate outlives it")
 
 
 class FederationSettings(BaseModel):

@@ -83,7 +83,12 @@ def _cacheable_bearer(request: Request) -> str | None:
 
 
 def authenticated_subject(request: Request, session: Session) -> str:
-    """The `sub` of a valid Tessera access token, fully checked; a bearer token that passed
+    """The `sub` of a valid Tessera access token, fully checked (`authenticated_claims`)."""
+    return str(authenticated_claims(request, session)["sub"])
+
+
+def authenticated_claims(request: Request, session: Session) -> dict[str, Any]:
+    """The claims of a valid Tessera access token, fully checked; a bearer token that passed
     goes into the caller cache, whose entries the decision path validates at commit."""
     services = get_services(request)
     token = _cacheable_bearer(request)
@@ -92,7 +97,7 @@ def authenticated_subject(request: Request, session: Session) -> str:
     claims = authenticate(request, session)
     if token is not None and callers is not None and "cnf" not in claims:
         callers.put(token, claims, generation, services.gate.revisions(session, claims))
-    return str(claims["sub"])
+    return claims
 
 
 def caller(request: Request, session: Annotated[Session, Depends(get_session)]) -> str:

@@ -23,7 +23,7 @@ from tessera.audit import events as ev
 from tessera.ca import svid
 from tessera.ca.models import CACertificateRow, IssuedCertificateRow
 from tessera.ca.x509_signing import sign_certificate
-from tessera.clock import Clock
+from tessera.clock import Clock, utc
 from tessera.config import CASettings
 from tessera.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from tessera.identity import IdentityService
@@ -174,8 +174,11 @@ class CAService:
     # -- issuance --------------------------------------------------------------------------
 
     def issue(self, session: Session, identity_id: str, csr_pem: str, *, actor: str,
-              ttl: int | None = None, ctx: RequestContext | None = None) -> IssuedSVID:
-        """Issue an X.509-SVID for an active identity from its CSR; audited."""
+              ttl: int | None = None, ctx: RequestContext | None = None,
+              not_after_cap: datetime | None = None) -> IssuedSVID:
+        """Issue an X.509-SVID for an active identity from its CSR; audited. It never
+        outlives the configured maximum, the identity, the issuing CA, nor `not_after_cap`
+        (the expiry of the credential the request came with)."""
         row = self._identities.get(session, identity_id)
         if not self._identities.is_usable(row):
             self._refuse(session, row.id, actor, "identity is not active", ctx)
@@ -188,13 +191,16 @@ class CAService:
             self._refuse(session, row.id, actor, str(exc), ctx)
             raise ValidationFailed(str(exc), code="csr_rejected") from exc
         if ttl is not None and not 60 <= ttl <= self.settings.max_svid_ttl:
-            raise ValidationFailed(f"ttl must be between 60 and {self.settings.max_svid_ttl} s")
+            raise ValidationFailed(f"ttl must be between 60 and {self.settings.max_svid_ttl} s",
+                                   code="ttl_out_of_range")
         issuer = self._current_issuer(session)
         now = self._clock.now()
         not_after = now + timedelta(seconds=min(ttl or self.settings.svid_ttl,
                                                 self.settings.max_svid_ttl))
         if row.expires_at is not None:
-            not_after = min(not_after, row.expires_at)
+            not_after = min(not_after, utc(row.expires_at))
+        if not_after_cap is not None:
+            not_after = min(not_after, not_after_cap)
         not_after = min(not_after, issuer.cert.not_valid_after_utc)
         cert = sign_certificate(svid.svid_template(
             public, spiffe_id, row.name, issuer.cert, now - svid.BACKDATE, not_after),

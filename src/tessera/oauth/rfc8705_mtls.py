@@ -28,6 +28,11 @@ TLS_CLIENT_AUTH = "tls_client_auth"
 SELF_SIGNED_TLS_CLIENT_AUTH = "self_signed_tls_client_auth"
 
 
+def certificate_expiry(cert_der: bytes) -> datetime:
+    """The certificate's notAfter (UTC)."""
+    return x509.load_der_x509_certificate(cert_der).not_valid_after_utc
+
+
 def confirmation(cert_der: bytes) -> dict[str, str]:
     """§3.1: the `cnf` member binding a token to the certificate."""
     return {"x5t#S256": x5t_s256(cert_der)}
@@ -88,6 +93,12 @@ class MutualTLSAuthenticator:
                 raise AssertionRejected(f"client certificate rejected: {exc}", client_id) from exc
             if identity_id != client.client_id:
                 raise AssertionRejected("certificate names another client", client_id)
+            # A key revoked after the certificate was issued ends it too, as it ends tokens
+            # issued before it: a certificate must not outlive the compromise it followed.
+            if self._identities.credential_revoked_since(req.session, identity_id,
+                                                         cert.not_valid_before_utc):
+                raise AssertionRejected("a credential was revoked after the certificate was "
+                                        "issued", client_id)
             return AuthenticatedClient(client=client, key=ClientKey(
                 kid=thumb, jwk={}, handle=_CertificateUse(thumb)), method=TLS_CLIENT_AUTH,
                 claims={})

@@ -415,10 +415,13 @@ class TokenService:
         """Sign an access token and audit it in the request's transaction."""
         ttl = self.lifetime(client, req.now) if ttl is None else ttl
         if req.client_cert is not None:
-            # RFC 8705 §3: a token requested over mutual TLS is bound to that certificate.
-            from tessera.oauth.rfc8705_mtls import confirmation
+            # RFC 8705 §3: a token requested over mutual TLS is bound to that certificate,
+            # and outlives it in no case (a certificate renews tokens, never the reverse).
+            from tessera.oauth.rfc8705_mtls import certificate_expiry, confirmation
             extra_claims = dict(extra_claims or {})
             extra_claims["cnf"] = {**extra_claims.get("cnf", {}), **confirmation(req.client_cert)}
+            left = int((certificate_expiry(req.client_cert) - req.now).total_seconds())
+            ttl = max(min(ttl, left), 0)
         issued = at.issue(self._keys.signer(io=req.io), issuer=self.issuer, subject=subject,
                           client_id=client.client_id, audience=audience, scope=scope,
                           now=req.now, ttl=ttl, extra=extra_claims)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 from tessera.api.deps import (
     DbSession,
     ServicesDep,
-    authenticated_subject,
+    authenticated_claims,
     get_services,
     get_session,
     request_context,
@@ -27,21 +28,26 @@ class CertificateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     csr: str = Field(max_length=16 * 1024, description="PEM PKCS#10 request")
     identity: str | None = Field(None, max_length=128, description="default: the caller")
-    ttl: int | None = Field(None, ge=60, le=7 * 86400, description="seconds (capped)")
+    ttl: int | None = Field(None, ge=60, le=7 * 86400,
+                            description="seconds; at most the configured maximum (1 h by "
+                                        "default), never past the identity's expiry nor the "
+                                        "requesting token's")
 
 
 class Caller(BaseModel):
     identity_id: str
     admin: bool
+    token_expires_at: datetime
 
 
 def authenticated_caller(request: Request,
                          session: Annotated[Session, Depends(get_session)]) -> Caller:
     """Any active identity with a fully checked access token (the one gate)."""
-    subject = authenticated_subject(request, session)
+    claims = authenticated_claims(request, session)
+    subject = str(claims["sub"])
     return Caller(identity_id=subject,
-                  admin=get_services(request).identities.has_role(session, subject,
-                                                                  ADMIN_ROLE))
+                  admin=get_services(request).identities.has_role(session, subject, ADMIN_ROLE),
+                  token_expires_at=datetime.fromtimestamp(claims["exp"], UTC))
 
 
 CallerDep = Annotated[Caller, Depends(authenticated_caller)]
@@ -57,7 +63,7 @@ def issue(body: CertificateRequest, request: Request, session: DbSession,
             raise Forbidden("an identity may only request its own certificate")
     try:
         issued = services.ca.issue(session, target, body.csr, actor=caller.identity_id,
-                                   ttl=body.ttl,
+                                   ttl=body.ttl, not_after_cap=caller.token_expires_at,
                                    ctx=request_context(request, caller.identity_id))
     except AppError:
         session.commit()  # keep the refusal's audit event
