@@ -102,6 +102,34 @@ def test_nested_delegation_and_depth_limit(app_client: TestClient, user: Actor, 
     assert "access_token" not in too_deep.json()
 
 
+@pytest.mark.parametrize("who", ["inner_actor", "outer_actor", "subject",
+                                 "subject_suspended_then_resumed"])
+def test_refreshing_a_nested_delegation_checks_every_party(
+        app_client: TestClient, user: Actor, agent: Actor, services: Services,
+        make_identity: Callable[..., Actor], clock: FakeClock, who: str) -> None:
+    """The refresh of a nested delegation (second acts for agent acts for user) is refused
+    when any party of the chain is suspended, and a resume does not revive the family."""
+    second = make_identity(allowed_scopes=["read"], may_act_for=["*"])
+    first_token = exchange(app_client, agent, user_token(app_client, user)).json()
+    nested = exchange(app_client, second, first_token["access_token"], scope="read")
+    assert nested.status_code == 200, nested.text
+    ok = token(app_client, second, grant_type="refresh_token",
+               refresh_token=nested.json()["refresh_token"])
+    assert ok.status_code == 200, ok.text
+    target = {"inner_actor": agent, "outer_actor": second}.get(who, user)
+    clock.advance(1)
+    with services.sessions() as s:
+        services.identities.suspend(s, target.id, actor="test")
+        s.commit()
+        if who == "subject_suspended_then_resumed":
+            services.identities.resume(s, target.id, actor="test")
+            s.commit()
+    refused = token(app_client, second, grant_type="refresh_token",
+                    refresh_token=ok.json()["refresh_token"], clock=clock)
+    assert refused.status_code in (400, 401), refused.text
+    assert refused.json()["error"] in ("invalid_grant", "invalid_client")
+
+
 REFUSALS = ["expired", "revoked", "foreign_key", "foreign_issuer", "garbage",
             "escalation", "not_delegable", "other_subject", "bad_requested_type",
             "bad_target", "self"]

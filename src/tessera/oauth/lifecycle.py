@@ -296,10 +296,7 @@ class TokenLifecycle:
             .values(status="used", used_at=req.now))
         if moved.rowcount != 1:  # type: ignore[attr-defined]
             raise RefreshTokenReused(self, family.id, client.client_id)
-        if family.subject != client.client_id:
-            self._check_subject(req.session, family.subject)
-            actor = self._actor_of(req.session, family)
-            self.check_delegation(req.session, actor, family.subject)
+        self._check_family_parties(req.session, family)
         scope = family.scope
         requested = req.form.get("scope")
         if requested is not None:
@@ -316,12 +313,34 @@ class TokenLifecycle:
                            audience=audience, ttl=ttl, action="refresh_token", proof=proof,
                            act=family.act, family=family, data={"method": authn.method})
 
-    def _actor_of(self, session: Session, family: TokenFamilyRow) -> Client:
-        actor_id = (family.act or {}).get("client_id") or family.client_id
-        actor = SqlClients(session, self._identities).find_client(actor_id)
-        if actor is None or not actor.usable:
-            raise InvalidGrant("the delegating identity is no longer active")
-        return actor
+    def _check_family_parties(self, session: Session, family: TokenFamilyRow) -> None:
+        """Every party of a refreshed family may still act: the client, the subject and every
+        actor of its nested `act` chain are active and were not suspended since the family
+        began (a resume does not revive it), and each actor may still act for the subject."""
+        actors: list[str] = []
+        act = family.act
+        while isinstance(act, dict):
+            actor_id = act.get("client_id")
+            if not isinstance(actor_id, str):
+                raise InvalidGrant("the refresh token is invalid")
+            actors.append(actor_id)
+            act = act.get("act")
+        began = utc(family.created_at)
+        for party in dict.fromkeys([family.client_id, *actors, family.subject]):
+            row = self._identities.find(session, party)
+            if row is None:
+                if party == family.subject:
+                    continue  # a subject Tessera does not register (checked at exchange)
+                raise InvalidGrant("a party of the grant is no longer registered")
+            if not self._identities.is_usable(row) or (
+                    row.suspended_at is not None and utc(row.suspended_at) >= began):
+                raise InvalidGrant("a party of the grant is no longer active")
+        clients = SqlClients(session, self._identities)
+        for actor_id in actors:
+            actor = clients.find_client(actor_id)
+            if actor is None or not actor.usable:
+                raise InvalidGrant("a delegating identity is no longer active")
+            self.check_delegation(session, actor, family.subject)
 
     # -- token exchange (RFC 8693) ---------------------------------------------------------
 
@@ -412,11 +431,6 @@ class TokenLifecycle:
                             client_id=claims.get("client_id"),
                             jkt=cnf.get("jkt") if isinstance(cnf, dict) else None,
                             audiences=_aud_list(claims.get("aud")), issuer=self.tokens.issuer)
-
-    def _check_subject(self, session: Session, subject: str) -> None:
-        row = self._identities.find(session, subject)
-        if row is not None and not self._identities.is_usable(row):
-            raise InvalidGrant("the subject is no longer active")
 
     def check_delegation(self, session: Session, actor: Client, subject: str) -> None:
         """The identity's delegation rules (`may_act_for`), then any registered policy."""
