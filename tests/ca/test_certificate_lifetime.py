@@ -82,3 +82,20 @@ def test_a_key_revoked_after_the_certificate_ends_its_use(
     assert resp.status_code == 401, resp.text
     assert resp.json()["error"] == "invalid_client"
     assert datetime.now(UTC) < cert.not_valid_after_utc  # refused, though still valid
+
+
+def test_introspection_calls_a_certificate_bound_token_bearer(
+        ca_services: Services, app_client: TestClient,
+        make_identity: Callable[..., Any]) -> None:
+    """RFC 8705 §3: presented as Bearer; RFC 7662 token_type says so, with the binding."""
+    from oauth_helpers import introspect
+
+    agent = make_identity("mtls-introspected")
+    rs = make_identity("resource-server")
+    cert = svid_for(ca_services, agent.id)
+    with tls_client(ca_services, cert) as client:
+        resp = client.post("/oauth2/token", data=cc(agent.id))
+    assert resp.status_code == 200, resp.text
+    body = introspect(app_client, rs, resp.json()["access_token"])
+    assert body["active"] is True and body["token_type"] == "Bearer"
+    assert "x5t#S256" in body["cnf"]

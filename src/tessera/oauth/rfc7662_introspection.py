@@ -28,8 +28,11 @@ def access_token_response(claims: dict[str, Any], username: str | None = None) -
     for name in CLAIMS:
         if name in claims:
             body[name] = claims[name]
-    # §2.2 token_type: how the token must be presented (RFC 9449 §6.2 for DPoP).
-    body["token_type"] = "DPoP" if isinstance(claims.get("cnf"), dict) else "Bearer"
+    # §2.2 token_type: how the token must be presented. DPoP only for a token bound to a
+    # DPoP key (RFC 9449 §6.2, `cnf.jkt`); a certificate-bound token (RFC 8705 §3,
+    # `cnf.x5t#S256`) is presented as a Bearer token over the bound connection.
+    cnf = claims.get("cnf")
+    body["token_type"] = "DPoP" if isinstance(cnf, dict) and "jkt" in cnf else "Bearer"
     if username:
         body["username"] = username
     return body
