@@ -130,7 +130,8 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
 
     identities.on_decommission(_on_decommission)
     lifecycle = TokenLifecycle(tokens, identities=identities, audit=audit, clock=clock,
-                               keys=keys, settings=settings.tokens).install()
+                               keys=keys, settings=settings.tokens, box=box,
+                               sessions=sessions).install()
     key_rotation = KeyRotation(keys, clock, audit, RotationPolicy(
         settings.keys.rotation_days, settings.keys.prepublish_seconds, settings.tokens.max_ttl))
     ca = CAService(clock, keys, identities, audit, settings.ca)

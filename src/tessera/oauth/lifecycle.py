@@ -25,16 +25,17 @@ from joserfc.errors import JoseError
 from joserfc.jws import extract_compact
 from sqlalchemy import or_, delete, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.audit import AuditService, RequestContext
 from tessera.audit import events as ev
 from tessera.clock import Clock, utc
 from tessera.config import TokenSettings
-from tessera.db.meta import get_meta, set_meta
+from tessera.db.meta import MetaRow, get_meta, set_meta
 from tessera.errors import InvalidGrant, InvalidRequest, OAuthError
 from tessera.identity import IdentityService
 from tessera.keys.service import KeyService
+from tessera.sealing import SecretBox
 from tessera.oauth import rfc6749_refresh as rt
 from tessera.oauth import rfc7009_revocation as rev
 from tessera.oauth import rfc7662_introspection as intro
@@ -56,7 +57,11 @@ from tessera.oauth.service import (
 )
 
 OFFLINE_ACCESS = "offline_access"
-NONCE_SECRET_META = "dpop_nonce_secret"
+# The DPoP nonce secret, shared by every node through the database, sealed with the master
+# key (`tessera.sealing`): a nonce one node issues verifies on all of them, and the database
+# alone does not let anyone mint nonces.
+NONCE_SECRET_META = "dpop_nonce_secret.sealed"
+LEGACY_NONCE_SECRET_META = "dpop_nonce_secret"
 
 
 @dataclass
@@ -120,7 +125,8 @@ class TokenLifecycle:
 
     def __init__(self, tokens: TokenService, *, identities: IdentityService,
                  audit: AuditService, clock: Clock, keys: KeyService,
-                 settings: TokenSettings) -> None:
+                 settings: TokenSettings, box: SecretBox,
+                 sessions: sessionmaker[Session] | None = None) -> None:
         self.tokens = tokens
         self._identities = identities
         self._audit = audit
@@ -128,6 +134,8 @@ class TokenLifecycle:
         self._keys = keys
         self.settings = settings
         self._nonce_secret: bytes | None = None
+        self._box = box
+        self._sessions = sessions
         self.subject_resolvers: list[SubjectTokenResolver] = [self._tessera_token]
         self.delegation_checks: list[Callable[[Session, Client, str], None]] = []
 
@@ -154,18 +162,33 @@ class TokenLifecycle:
         if not self.settings.dpop_nonce:
             return None
         if self._nonce_secret is None:  # once per process
-            session = get_session()
+            get_session()  # on the event loop: WouldBlock, the request moves to a thread
+            self._nonce_secret = self._load_nonce_secret()
+        return HMACNonces(self._nonce_secret, self.settings.dpop_nonce_ttl)
+
+    def _load_nonce_secret(self) -> bytes:
+        """The shared secret, created by the first node that needs it. Its own transaction:
+        the request that first needs it is often refused (`use_dpop_nonce`), and its
+        rollback must not take the secret with it while this node already hands out nonces."""
+        if self._sessions is None:
+            raise RuntimeError("DPoP nonces need a session factory")
+        with self._sessions() as session:
             stored = get_meta(session, NONCE_SECRET_META)
             if stored is None:
-                candidate = secrets.token_hex(32)
+                candidate = self._box.seal(secrets.token_hex(32))
                 try:
-                    with session.begin_nested():
-                        set_meta(session, NONCE_SECRET_META, candidate)
+                    set_meta(session, NONCE_SECRET_META, candidate)
+                    # A secret stored in the clear by an earlier version is dropped.
+                    session.execute(delete(MetaRow).where(
+                        MetaRow.key == LEGACY_NONCE_SECRET_META))
+                    session.commit()
                     stored = candidate
                 except IntegrityError:  # another node stored one first
+                    session.rollback()
                     stored = get_meta(session, NONCE_SECRET_META)
-            self._nonce_secret = bytes.fromhex(stored or "")
-        return HMACNonces(self._nonce_secret, self.settings.dpop_nonce_ttl)
+        # A wrong master key fails here, loudly (SealError), not with nonces that never
+        # verify on this node.
+        return bytes.fromhex(self._box.open(stored or ""))
 
     def dpop_verifier(self, replay: ReplayCache, get_session: Callable[[], Session]
                       ) -> DPoPVerifier:
