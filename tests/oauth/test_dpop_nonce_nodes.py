@@ -15,7 +15,7 @@ from tessera.api.app import create_app
 from tessera.clock import FakeClock
 from tessera.config import Settings
 from tessera.db.meta import get_meta
-from tessera.oauth.lifecycle import NONCE_SECRET_META
+from tessera.oauth.nonces import NONCE_SECRET_META
 
 
 def test_a_nonce_from_one_node_is_accepted_by_another(

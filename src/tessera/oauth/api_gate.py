@@ -13,7 +13,7 @@ The full check, in one place so that no route can forget part of it:
   (`cnf.x5t#S256`) only over a connection presenting that certificate;
 - status: the `jti` not revoked; the client, the subject and every actor of a nested `act`
   chain registered and active, none suspended or resumed since the token was issued, none with
-  a credential revoked since (`TokenLifecycle.check_active`);
+  a credential revoked since (`tessera.oauth.status.check_active`);
 - the subject is a registered, active identity (the API acts for it).
 
 A refusal raises `ApiCredentialRejected`; its `reason` goes to logs and audit, never to the

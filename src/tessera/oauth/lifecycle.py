@@ -24,14 +24,12 @@ from typing import Any, Protocol
 from joserfc.errors import JoseError
 from joserfc.jws import extract_compact
 from sqlalchemy import or_, delete, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.audit import AuditService, RequestContext
 from tessera.audit import events as ev
 from tessera.clock import Clock, utc
 from tessera.config import TokenSettings
-from tessera.db.meta import MetaRow, get_meta, set_meta
 from tessera.errors import InvalidGrant, InvalidRequest, OAuthError
 from tessera.identity import IdentityService
 from tessera.keys.service import KeyService
@@ -48,6 +46,8 @@ from tessera.oauth.models import (
     TokenFamilyRow,
 )
 from tessera.oauth.ports import Client, ReplayCache
+from tessera.oauth.nonces import load_nonce_secret
+from tessera.oauth.status import check_active
 from tessera.oauth.rfc9449_dpop import DPoPProof, DPoPVerifier, HMACNonces, InvalidDPoPProof
 from tessera.oauth.service import (
     SqlClients,
@@ -57,11 +57,6 @@ from tessera.oauth.service import (
 )
 
 OFFLINE_ACCESS = "offline_access"
-# The DPoP nonce secret, shared by every node through the database, sealed with the master
-# key (`tessera.sealing`): a nonce one node issues verifies on all of them, and the database
-# alone does not let anyone mint nonces.
-NONCE_SECRET_META = "dpop_nonce_secret.sealed"
-LEGACY_NONCE_SECRET_META = "dpop_nonce_secret"
 
 
 @dataclass
@@ -163,32 +158,10 @@ class TokenLifecycle:
             return None
         if self._nonce_secret is None:  # once per process
             get_session()  # on the event loop: WouldBlock, the request moves to a thread
-            self._nonce_secret = self._load_nonce_secret()
+            if self._sessions is None:
+                raise RuntimeError("DPoP nonces need a session factory")
+            self._nonce_secret = load_nonce_secret(self._sessions, self._box)
         return HMACNonces(self._nonce_secret, self.settings.dpop_nonce_ttl)
-
-    def _load_nonce_secret(self) -> bytes:
-        """The shared secret, created by the first node that needs it. Its own transaction:
-        the request that first needs it is often refused (`use_dpop_nonce`), and its
-        rollback must not take the secret with it while this node already hands out nonces."""
-        if self._sessions is None:
-            raise RuntimeError("DPoP nonces need a session factory")
-        with self._sessions() as session:
-            stored = get_meta(session, NONCE_SECRET_META)
-            if stored is None:
-                candidate = self._box.seal(secrets.token_hex(32))
-                try:
-                    set_meta(session, NONCE_SECRET_META, candidate)
-                    # A secret stored in the clear by an earlier version is dropped.
-                    session.execute(delete(MetaRow).where(
-                        MetaRow.key == LEGACY_NONCE_SECRET_META))
-                    session.commit()
-                    stored = candidate
-                except IntegrityError:  # another node stored one first
-                    session.rollback()
-                    stored = get_meta(session, NONCE_SECRET_META)
-        # A wrong master key fails here, loudly (SealError), not with nonces that never
-        # verify on this node.
-        return bytes.fromhex(self._box.open(stored or ""))
 
     def dpop_verifier(self, replay: ReplayCache, get_session: Callable[[], Session]
                       ) -> DPoPVerifier:
@@ -469,44 +442,10 @@ class TokenLifecycle:
         for check in self.delegation_checks:
             check(session, actor, subject)
 
-    # -- status checks shared by introspection, exchange and the management API -------------
-
     def check_active(self, session: Session, claims: dict[str, Any]) -> None:
-        """Raises InvalidToken when the token was revoked or a party behind it may not act:
-        the client and every actor of a nested `act` chain must be registered, and each party
-        (those and the subject) active, not suspended since the token was issued (a suspension
-        ends what was issued before it for good, resumed or not), and without a credential
-        revoked since."""
-        jti = claims.get("jti")
-        if isinstance(jti, str) and session.get(RevokedTokenRow, jti) is not None:
-            raise at.InvalidToken("revoked")
-        iat = claims.get("iat")
-        if not isinstance(iat, (int, float)) or isinstance(iat, bool):
-            raise at.InvalidToken("iat missing")
-        issued = datetime.fromtimestamp(iat, self._clock.now().tzinfo)
-        required = [claims.get("client_id")]
-        act = claims.get("act")
-        while act is not None:
-            if not isinstance(act, dict) or not isinstance(act.get("client_id"), str):
-                raise at.InvalidToken("an actor of the act chain names no client")
-            required.append(act["client_id"])
-            act = act.get("act")
-        for party in dict.fromkeys([*required, claims.get("sub")]):
-            if not isinstance(party, str):
-                raise at.InvalidToken("a party of the token is missing")
-            row = self._identities.find(session, party)
-            if row is None:
-                if party in required:
-                    raise at.InvalidToken("unknown client or actor")
-                continue
-            if not self._identities.is_usable(row):
-                raise at.InvalidToken("a party is not active")
-            # iat has whole seconds: a token of the suspension's own second is refused too.
-            suspended = row.suspended_at
-            if suspended is not None and utc(suspended).timestamp() // 1 >= iat:
-                raise at.InvalidToken("a party was suspended after issuance")
-            if self._identities.credential_revoked_since(session, row.id, issued):
-                raise at.InvalidToken("a key was revoked after issuance")
+        """Raises InvalidToken when the token was revoked or a party behind it may not act
+        (`tessera.oauth.status`): introspection, exchange and the API gate share it."""
+        check_active(session, claims, self._identities)
 
     # -- introspection (RFC 7662) ----------------------------------------------------------
 
