@@ -136,7 +136,8 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
         settings.keys.rotation_days, settings.keys.prepublish_seconds, settings.tokens.max_ttl))
     ca = CAService(clock, keys, identities, audit, settings.ca)
     federation = FederationService(clock, identities, audit, settings.federation,
-                                   leeway=settings.tokens.leeway)
+                                   leeway=settings.tokens.leeway,
+                                   readonly=make_session_factory(engine, readonly=True))
     register_workload_identity(tokens, ca, federation, identities)
     authz = AuthzService(clock, audit, identities)
     authz.install(sessions)

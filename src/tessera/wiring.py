@@ -53,7 +53,9 @@ class FederatedSubjects:
     """oauth ← federation: an RFC 8693 `subject_token` from a trusted external issuer.
 
     The token is verified and mapped exactly as for the JWT bearer grant; the subject is the
-    mapped identity, and what it may delegate is what that identity may hold itself.
+    mapped identity, and what it may delegate is what that identity may hold itself. The
+    issuer's keys are fetched by `prefetch`, which the token exchange runs before client
+    authentication can open the request's transaction; resolving uses cached keys only.
     """
 
     def __init__(self, federation: FederationService, identities: IdentityService,
@@ -62,13 +64,20 @@ class FederatedSubjects:
         self._identities = identities
         self._own_issuer = own_issuer
 
+    def prefetch(self, token: str) -> None:
+        iss = _unverified_issuer(token)
+        if iss is not None and iss != self._own_issuer:
+            self._federation.prefetch(token)
+
     def __call__(self, session: Session, token: str, token_type: str,
                  now: datetime) -> SubjectToken | None:
         iss = _unverified_issuer(token)
         if iss is None or iss == self._own_issuer:
             return None  # not a JWT, or one of Tessera's own (another resolver's)
         try:
-            found = self._federation.authenticate_token(session, token)
+            # fetch=False: `prefetch` already tried; a second fetch of a failing issuer would
+            # double the wait (and may run inside the request's transaction).
+            found = self._federation.authenticate_token(session, token, fetch=False)
         except FederationRejected as exc:
             raise InvalidRequest("subject_token is invalid") from exc
         row = self._identities.find(session, found.identity_id)
@@ -155,8 +164,9 @@ def connect(*, authz: AuthzService, monitor: MonitorService, lifecycle: TokenLif
     authz.approval_gate = gate
     if webhooks is not None:
         monitor.owner_notifiers.append(notify_owner(webhooks))
-    lifecycle.subject_resolvers.append(FederatedSubjects(federation, identities,
-                                                         lifecycle.tokens.issuer))
+    federated = FederatedSubjects(federation, identities, lifecycle.tokens.issuer)
+    lifecycle.subject_prefetchers.append(federated.prefetch)
+    lifecycle.subject_resolvers.append(federated)
     # monitor → oauth: "suspend and revoke its tokens" revokes every live token family.
     monitor.token_revokers.append(
         lambda session, identity_id: lifecycle.revoke_identity(session, identity_id,

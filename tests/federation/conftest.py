@@ -11,7 +11,7 @@ import secrets
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -32,6 +32,12 @@ class OIDCIssuer:
         self.requests: list[str] = []
         self.redirect_to: str | None = None
         self.release = threading.Event()
+        # Paths whose requests are accepted and never answered (until `release`, at most 60 s);
+        # `hanging` is set once such a request has arrived.
+        self.hang_paths: set[str] = set()
+        self.hanging = threading.Event()
+        # Called with the path before each answer (a test's slow server, or its clock).
+        self.before_answer: Callable[[str], None] | None = None
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -48,6 +54,12 @@ class OIDCIssuer:
 
             def do_GET(self) -> None:
                 issuer.requests.append(self.path)
+                if self.path in issuer.hang_paths:
+                    issuer.hanging.set()
+                    issuer.release.wait(60)
+                    return
+                if issuer.before_answer is not None:
+                    issuer.before_answer(self.path)
                 if self.path == "/.well-known/openid-configuration":
                     self._json({"issuer": issuer.url, "jwks_uri": f"{issuer.url}/jwks",
                                 "id_token_signing_alg_values_supported": ["RS256", "ES256"]})

@@ -175,9 +175,9 @@ def test_rejects_mapping_to_an_identity_of_another_kind(fed_services: Services,
 
 def test_ci_template_maps_repository_and_ref(fed_services: Services, oidc_issuer: Any,
                                              make_identity: Any) -> None:
-    ci = make_identity("ci-acme-webapp-refs-heads-main", kind="pipeline")
+    ci = make_identity("ci-acme_webapp-refs_heads_main", kind="pipeline")
     register(fed_services, oidc_issuer.url, name="ci", audiences=["https://tessera.example"],
-             rules=[{"match": {"repository_owner": "acme", "ref": {"glob": "refs/heads/*"}},
+             rules=[{"match": {"repository_owner": "acme", "ref": "refs/heads/main"},
                      "identity": "pipeline/ci-{repository}-{ref}"}])
     ok = oidc_issuer.token(aud="https://tessera.example", sub="repo:acme/webapp:ref:main",
                            repository="acme/webapp", repository_owner="acme",

@@ -6,12 +6,19 @@ import re
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tessera.federation.mapping import (
+    PLACEHOLDER,
+    glob_regex,
+    has_refused_character,
+    varying_claims,
+)
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
-# An identity reference: `name` or `kind/name`, with `{claim}` placeholders.
-IDENTITY_TEMPLATE = re.compile(r"^([a-z]+/)?[a-z0-9{][a-z0-9._{}-]{0,200}$")
-PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.:-]{1,64})\}")
+# An identity reference: `name` or `kind/name`, with `{claim}` placeholders (used with
+# fullmatch: `$` alone would also accept a trailing newline).
+IDENTITY_TEMPLATE = re.compile(r"([a-z]+/)?[a-z0-9{][a-z0-9._{}-]{0,200}")
 
 MatchValue = str | list[str] | dict[str, str]
 
@@ -32,22 +39,37 @@ class MappingRule(_Strict):
         for claim, cond in v.items():
             if not 0 < len(claim) <= 64:
                 raise ValueError("claim names are 1 to 64 characters")
-            if isinstance(cond, dict) and (set(cond) != {"glob"} or not cond["glob"]):
-                raise ValueError('a match object must be {"glob": "pattern"}')
+            if isinstance(cond, dict):
+                if set(cond) != {"glob"} or not cond["glob"]:
+                    raise ValueError('a match object must be {"glob": "pattern"}')
+                glob_regex(cond["glob"])  # raises ValueError when malformed
             if isinstance(cond, list) and not (0 < len(cond) <= 100):
                 raise ValueError("a list of values has 1 to 100 entries")
+            values = cond if isinstance(cond, list) else [cond] if isinstance(cond, str) else []
+            if any(not value or has_refused_character(value) for value in values):
+                raise ValueError("match values are non-empty, without control or format "
+                                 "characters")
         return v
 
     @field_validator("identity")
     @classmethod
     def _template(cls, v: str) -> str:
-        if not IDENTITY_TEMPLATE.match(v) or v.count("{") != v.count("}"):
+        if not IDENTITY_TEMPLATE.fullmatch(v) or v.count("{") != v.count("}"):
             raise ValueError("identity must be `name` or `kind/name`, with optional {claim} "
                              "placeholders")
         stripped = PLACEHOLDER.sub("", v)
         if "{" in stripped or "}" in stripped:
             raise ValueError("malformed {claim} placeholder")
         return v
+
+    @model_validator(mode="after")
+    def _one_varying_placeholder(self) -> MappingRule:
+        # Two placeholders whose values both vary can spell one name from two different pairs
+        # of values (`{a}-{b}`: a=x-y, b=z and a=x, b=y-z), so all but one must be pinned.
+        if len(varying_claims(dict(self.match), self.identity)) > 1:
+            raise ValueError("at most one {claim} in identity may vary: pin the others to one "
+                             "value in match")
+        return self
 
 
 class IssuerCreate(_Strict):

@@ -4,10 +4,16 @@ A workload presents a token its platform signed (a Kubernetes service-account to
 OIDC token). It is accepted when its issuer is registered, its signature verifies with that
 issuer's JWKS, `aud` is one the issuer entry accepts, `exp`/`nbf`/`iat` are in bounds, and a
 mapping rule turns its claims into an active identity. No Tessera-side secret exists for it.
+
+No network request is made while a database transaction is open: an issuer's keys are fetched
+after reading its entry in a short read-only session of their own, before the caller's session
+begins its transaction (`prefetch`, or `authenticate_token` on a session with none open). An
+issuer that never answers then holds no lock another client's request waits for.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,7 +31,7 @@ from tessera.clock import Clock
 from tessera.config import FederationSettings
 from tessera.errors import Conflict, NotFound, ValidationFailed
 from tessera.federation.jwks import FetchError, JWKSFetcher, check_url
-from tessera.federation.mapping import map_claims
+from tessera.federation.mapping import UnusableClaim, map_claims
 from tessera.federation.models import FederatedIssuerRow
 from tessera.federation.schemas import IssuerCreate, IssuerRead, IssuerUpdate
 from tessera.identity import IdentityService
@@ -88,13 +94,15 @@ class FederationService:
 
     def __init__(self, clock: Clock, identities: IdentityService, audit: AuditService,
                  settings: FederationSettings, fetcher: JWKSFetcher | None = None,
-                 leeway: int = 30) -> None:
+                 leeway: int = 30, *, readonly: Callable[[], Session]) -> None:
         self._clock = clock
         self._identities = identities
         self._audit = audit
         self.settings = settings
         self.fetcher = fetcher or JWKSFetcher(settings, now=lambda: clock.now().timestamp())
         self._leeway = leeway
+        # Read-only sessions (no write lock on SQLite) for the issuer lookup before a fetch.
+        self._readonly = readonly
 
     # -- registry --------------------------------------------------------------------------
 
@@ -184,13 +192,42 @@ class FederationService:
 
     # -- token verification ----------------------------------------------------------------
 
-    def authenticate_token(self, session: Session, token: str) -> FederatedIdentity:
+    def prefetch(self, token: str) -> None:
+        """Bring the keys of the token's issuer into the cache, if it is a registered one that
+        publishes them; never raises (a failed fetch is refused, with its reason, by
+        `authenticate_token`). Network I/O: call it with no database transaction open."""
+        try:
+            header, unverified = peek(token, TOKEN_ALGS)
+        except MalformedJWT:
+            return
+        iss, kid = unverified.get("iss"), header.get("kid")
+        if not isinstance(iss, str) or (kid is not None and not isinstance(kid, str)):
+            return
+        with self._readonly() as session:
+            source = session.execute(select(
+                FederatedIssuerRow.jwks_uri, FederatedIssuerRow.static_jwks).where(
+                FederatedIssuerRow.issuer == iss, FederatedIssuerRow.enabled.is_(True))).first()
+        # INVARIANT: the read-only session is closed here; the fetch below runs outside any
+        # transaction.
+        if source is None or source.static_jwks:
+            return
+        try:
+            self.fetcher.jwks(iss, source.jwks_uri, kid)
+        except FetchError:
+            pass  # remembered by the fetcher; authenticate_token refuses with its reason
+
+    def authenticate_token(self, session: Session, token: str, *,
+                           fetch: bool = True) -> FederatedIdentity:
         """Verify a federated token and map it to an active identity; raises FederationRejected.
 
-        Also the entry point for RFC 8693 `subject_token`s issued by a trusted issuer.
+        Also the entry point for RFC 8693 `subject_token`s issued by a trusted issuer. The
+        issuer's keys are fetched first (`prefetch`) only when `fetch` is true and `session`
+        holds no transaction; otherwise only keys already cached are used.
         """
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
             raise FederationRejected("token missing or too large")
+        if fetch and not session.in_transaction():
+            self.prefetch(token)
         try:
             header, unverified = peek(token, TOKEN_ALGS)
         except MalformedJWT as exc:
@@ -207,7 +244,10 @@ class FederationService:
             raise FederationRejected("kid is not a string", row.issuer)
         claims = self._verify_signature(row, token, alg, kid)
         self._check_claims(row, claims)
-        ref = map_claims(row.rules, claims)
+        try:
+            ref = map_claims(row.rules, claims)
+        except UnusableClaim as exc:
+            raise FederationRejected(str(exc), row.issuer) from exc
         if ref is None:
             raise FederationRejected("no mapping rule matches the token's claims", row.issuer)
         kind, _, name = ref.rpartition("/")
@@ -231,7 +271,8 @@ class FederationService:
             jwks = row.static_jwks
         else:
             try:
-                jwks = self.fetcher.jwks(row.issuer, row.jwks_uri, kid)
+                # INVARIANT: memory only; a transaction may be open in the caller's session.
+                jwks = self.fetcher.cached(row.issuer)
             except FetchError as exc:
                 raise FederationRejected(f"issuer keys unavailable: {exc}", row.issuer) from exc
         candidates = [k for k in jwks.get("keys", []) if isinstance(k, dict)

@@ -30,7 +30,7 @@ from tessera.audit import AuditService, RequestContext
 from tessera.audit import events as ev
 from tessera.clock import Clock, utc
 from tessera.config import TokenSettings
-from tessera.errors import InvalidGrant, InvalidRequest, OAuthError
+from tessera.errors import InvalidGrant, InvalidRequest, OAuthError, WouldBlock
 from tessera.identity import IdentityService
 from tessera.keys.service import KeyService
 from tessera.sealing import SecretBox
@@ -132,6 +132,10 @@ class TokenLifecycle:
         self._box = box
         self._sessions = sessions
         self.subject_resolvers: list[SubjectTokenResolver] = [self._tessera_token]
+        # Run on a subject_token before anything opens the request's transaction: a resolver
+        # that needs the network (an external issuer's keys) does that here, never while a
+        # transaction holds database locks.
+        self.subject_prefetchers: list[Callable[[str], None]] = []
         self.delegation_checks: list[Callable[[Session, Client, str], None]] = []
 
     def install(self) -> TokenLifecycle:
@@ -341,6 +345,12 @@ class TokenLifecycle:
     # -- token exchange (RFC 8693) ---------------------------------------------------------
 
     def _exchange(self, req: TokenRequest) -> TokenResponse:
+        subject_token = req.form.get("subject_token")
+        if self.subject_prefetchers and subject_token:
+            if not req.io:
+                raise WouldBlock("a subject_token may need its issuer's keys fetched")
+            for prefetch in self.subject_prefetchers:
+                prefetch(subject_token)
         authn = self.tokens.authenticate_client(req)
         client = authn.client
         x = tx.parse(req.form, req.resources)
