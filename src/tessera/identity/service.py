@@ -22,6 +22,7 @@ from tessera.clock import Clock
 from tessera.db.invalidation import USAGE_STAMP
 from tessera.errors import Conflict, NotFound, ValidationFailed
 from tessera.ids import new_id
+from tessera.text import identifier
 from tessera.identity.jwk_policy import validate_public_jwk
 from tessera.identity.models import CredentialRow, GrantRow, IdentityRow
 from tessera.identity.schemas import (SCOPE_TOKEN, CredentialCreate, CredentialRead,
@@ -29,6 +30,7 @@ from tessera.identity.schemas import (SCOPE_TOKEN, CredentialCreate, CredentialR
 
 ADMIN_ROLE = "admin"
 MAX_ATTRIBUTES_BYTES = 16 * 1024
+NAME_MAX = 128  # the longest id or name a lookup can match (identities.name)
 DecommissionHook = Callable[[Session, IdentityRow, str], None]
 # Usage stamps (IdentityService.touch_statements), built once: they run on every token path.
 _TOUCH_KEY = update(CredentialRow).where(CredentialRow.id == bindparam("row_id")) \
@@ -133,7 +135,11 @@ class IdentityService:
     # -- queries ----------------------------------------------------------------------------
 
     def get(self, session: Session, identity_id: str) -> IdentityRow:
-        row = session.get(IdentityRow, identity_id) if identity_id else None
+        # A value no id or name can hold (NUL, a control character, too long) names nothing:
+        # asking the database would fail on PostgreSQL instead of finding nothing.
+        if not identifier(identity_id, NAME_MAX):
+            raise NotFound(f"identity {identity_id!r} not found")
+        row = session.get(IdentityRow, identity_id)
         if row is None:
             row = session.scalars(select(IdentityRow).where(IdentityRow.name == identity_id)
                                   ).one_or_none()
@@ -142,7 +148,8 @@ class IdentityService:
         return row
 
     def find(self, session: Session, identity_id: str) -> IdentityRow | None:
-        return session.get(IdentityRow, identity_id)
+        return session.get(IdentityRow, identity_id) if identifier(identity_id, NAME_MAX) \
+            else None
 
     def list(self, session: Session, *, kind: str | None = None, status: str | None = None,
              owner: str | None = None, limit: int = 50,
@@ -387,6 +394,8 @@ class IdentityService:
     def client_view(self, session: Session, identity_id: str) -> ClientView | None:
         """The identity and its active keys in one round trip (the token endpoint's hot path).
         Status and expiry are judged at use (`usable_at`, `keys_at`): the view may be cached."""
+        if not identifier(identity_id, NAME_MAX):
+            return None
         rows = session.execute(_CLIENT_VIEW, {"identity_id": identity_id}).all()
         if not rows:
             return None
