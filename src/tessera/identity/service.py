@@ -24,7 +24,7 @@ from tessera.errors import Conflict, NotFound, ValidationFailed
 from tessera.ids import new_id
 from tessera.text import identifier
 from tessera.identity.jwk_policy import validate_public_jwk
-from tessera.identity.models import CredentialRow, GrantRow, IdentityRow
+from tessera.identity.models import CredentialRow, GrantRow, IdentityRow, KeyClaimRow
 from tessera.identity.schemas import (SCOPE_TOKEN, CredentialCreate, CredentialRead,
                                       IdentityCreate, IdentityRead, IdentityUpdate)
 
@@ -91,6 +91,12 @@ class ClientView:
 class IdentityRules:
     trust_domain: str
     max_expiry_days: int = 90
+
+
+def _key_taken() -> Conflict:
+    return Conflict("this public key is already registered to another identity: a key (its "
+                    "RFC 7638 thumbprint, whatever its kid) belongs to one identity only, also "
+                    "once revoked; generate a new key pair", code="key_already_registered")
 
 
 class IdentityService:
@@ -347,6 +353,9 @@ class IdentityService:
         now = self._clock.now()
         if data.expires_at is not None and data.expires_at <= now:
             raise ValidationFailed("expires_at must be in the future")
+        claim = session.get(KeyClaimRow, thumb)
+        if claim is not None and claim.identity_id != row.id:
+            raise _key_taken()
         existing = session.scalars(select(CredentialRow).where(
             CredentialRow.identity_id == row.id,
             or_(CredentialRow.kid == kid, CredentialRow.thumbprint == thumb))).first()
@@ -356,7 +365,15 @@ class IdentityService:
         cred = CredentialRow(id=new_id("crd", now), identity_id=row.id, type="jwk", kid=kid,
                              thumbprint=thumb, public_jwk=public, status="active",
                              created_at=now, expires_at=expires)
-        session.add(cred)
+        try:
+            with session.begin_nested():
+                session.add(cred)
+                if claim is None:
+                    session.add(KeyClaimRow(thumbprint=thumb, identity_id=row.id,
+                                            credential_id=cred.id, created_at=now))
+        except IntegrityError as exc:
+            # Another transaction claimed the key between the check and this insert.
+            raise _key_taken() from exc
         self._audit.record(session, ev.CREDENTIAL_ADDED, actor=actor, subject=row.id, ctx=ctx,
                            resource=f"credential:{cred.id}", data={"kid": kid,
                                                                    "thumbprint": thumb})
