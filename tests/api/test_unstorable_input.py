@@ -202,6 +202,9 @@ def test_nul_in_a_path_is_not_found_and_in_a_filter_or_body_is_validation_failed
                        json={"name": "x", "kind": "human", "attributes": {"t": [1, NUL]}})
     assert resp.status_code == 422
     assert resp.json()["errors"][0]["loc"] == ["body", "attributes", "t", "1"]
+    resp = client.post("/v1/identities", headers=admin_headers,
+                       content=b'{"name": "y", "kind": "human", "purpose": "\\u0000"}')
+    assert resp.status_code in (415, 422), resp.text  # no content type: still checked
     # A literal backslash followed by "u0000" is text, not a NUL.
     resp = client.post("/v1/identities", headers=admin_headers,
                        json={"name": "lit", "kind": "human", "purpose": "\\u0000"})

@@ -178,7 +178,8 @@ class InputGuardMiddleware:
             if name == b"content-type":
                 content_type = value.decode("latin-1")
                 break
-        if not _JSON_TYPE.match(content_type):
+        # FastAPI may parse a body without a content type as JSON too.
+        if content_type and not _JSON_TYPE.match(content_type):
             await self.app(scope, receive, send)
             return
         messages: list[Message] = []
