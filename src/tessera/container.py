@@ -45,6 +45,11 @@ class Services:
     clock: Clock
     engine: Engine
     sessions: sessionmaker[Session]
+    # For request paths that only read: on SQLite they begin a deferred (read) transaction,
+    # which never waits for the write lock the audit group committer holds under load. A
+    # session of this factory must not write (a read transaction that later writes can fail
+    # at once with SQLITE_BUSY): work that may write takes `sessions`.
+    read_sessions: sessionmaker[Session]
     audit: AuditService
     keys: KeyService
     identities: IdentityService
@@ -159,6 +164,7 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
         on_commit_touching(sessions, [RevokedTokenRow, IdentityRow, CredentialRow],
                            callers.clear)
     return Services(settings=settings, clock=clock, engine=engine, sessions=sessions,
+                    read_sessions=make_session_factory(engine, readonly=True),
                     audit=audit, keys=keys, identities=identities, tokens=tokens,
                     webhooks=webhooks, access=access, approvals=approvals,
                     secrets=secrets_service, authz=authz, ca=ca,

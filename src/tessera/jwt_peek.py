@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from tessera.text import storable
+
 SELF_KEYED_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c"})
 # RFC 7515 §4.1: the registered members we accept, each a string (`alg` is also checked
 # against the caller's list). Any other member is refused, as joserfc's strict header check
@@ -118,11 +120,4 @@ def valid_jti(value: object) -> bool:
     """A `jti` the replay cache can store: 1-200 characters, no NUL, no lone surrogate. The
     cache is written in the audit committer's batch, where a value PostgreSQL's text cannot
     hold (a NUL) or nothing can encode (a lone surrogate) would fail every request of it."""
-    if not isinstance(value, str) or not 0 < len(value) <= 200 or "\x00" in value:
-        return False
-    if not value.isascii():
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            return False
-    return True
+    return isinstance(value, str) and 0 < len(value) <= 200 and storable(value)

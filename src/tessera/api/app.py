@@ -12,7 +12,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tessera import __version__
 from tessera.api import errors
-from tessera.api.middleware import BodyLimitMiddleware, Lane, RequestIDMiddleware
+from tessera.api.middleware import (
+    BodyLimitMiddleware,
+    InputGuardMiddleware,
+    Lane,
+    RequestIDMiddleware,
+)
 from tessera.api.routers import access, audit, authz, authzen, identities, keys, monitor, oauth
 from tessera.api.routers import ca as ca_router
 from tessera.api.routers import federation as federation_router
@@ -168,6 +173,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
+    # Innermost of the three: the body limit applies before the guard buffers a body.
+    app.add_middleware(InputGuardMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=services.settings.max_body_bytes)
     app.add_middleware(RequestIDMiddleware)
     if not telemetry:  # a lane would bypass FastAPI's per-request spans and metrics

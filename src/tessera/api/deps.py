@@ -145,8 +145,20 @@ def pdp_caller(request: Request, session: Annotated[Session, Depends(get_session
 
 
 def pdp_caller_in_session(request: Request) -> str:
-    with get_services(request).sessions() as session:
-        return pdp_caller(request, session)
+    services = get_services(request)
+    scheme = request.headers.get("authorization", "").partition(" ")[0]
+    if scheme.lower() != "bearer":  # DPoP spends its proof's jti: a write
+        with services.sessions() as session:
+            return pdp_caller(request, session)
+    # A bearer token's check only reads: a read transaction, which on SQLite does not queue
+    # behind the audit committer's write lock (under sustained load, BEGIN IMMEDIATE here
+    # starved past the busy timeout: 500s). Only a denial writes (its audit event), in a
+    # session of its own that begins no transaction when the caller is allowed.
+    with services.read_sessions() as session:
+        subject = authenticated_subject(request, session)
+    with services.sessions() as session:
+        authorize_call(request, session, subject, log_allowed=False)
+    return subject
 
 
 @dataclass(frozen=True)

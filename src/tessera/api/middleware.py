@@ -8,6 +8,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter
@@ -15,6 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tessera.text import CONTROL_RE, storable, unstorable_at
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 log = logging.getLogger("tessera.api")
@@ -28,8 +31,9 @@ def _problem_body(status: int, code: str, detail: str, **extra: Any) -> bytes:
 
 
 async def _send_problem(send: Send, status: int, code: str, detail: str,
-                        extra_headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    body = _problem_body(status, code, detail)
+                        extra_headers: Sequence[tuple[bytes, bytes]] = (), **extra: Any
+                        ) -> None:
+    body = _problem_body(status, code, detail, **extra)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/problem+json"),
                             (b"content-length", str(len(body)).encode()), *extra_headers]})
@@ -121,6 +125,96 @@ class BodyLimitMiddleware:
 
 class _TooLarge(Exception):
     pass
+
+
+# A JSON string can hold NUL or a lone surrogate only as a \u escape (raw control characters
+# are invalid JSON): a body without one of these needs no second parse.
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+_JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json\s*(?:;|$)", re.IGNORECASE)
+
+
+class InputGuardMiddleware:
+    """Refuse input no route can use before it reaches a query: NUL and other unstorable
+    characters (`tessera.text`). PostgreSQL refuses NUL in text, so without this a NUL in a
+    path parameter, a query filter or a JSON string answered 500 there (and was stored as is
+    on SQLite).
+
+    - A path with a control character names nothing: 404 `not_found`.
+    - A query parameter with a control character (names, ids and filters never hold one):
+      422 `validation_failed`, its location in `errors` as FastAPI gives it.
+    - A JSON body of the management API (`/v1/...`) with NUL or a lone surrogate in a key or
+      a string: 422 `validation_failed`. Other control characters are left to the route's
+      schema (a policy file holds line breaks).
+    Refused before authentication, as a malformed request is; nothing of the value is echoed.
+    The token endpoint's lane and the protocol endpoints check their own inputs (an invalid
+    client id there is `invalid_client`, audited)."""
+
+    def __init__(self, app: ASGIApp, body_prefix: str = "/v1/") -> None:
+        self.app = app
+        self.body_prefix = body_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if CONTROL_RE.search(path) or not storable(path):
+            await _send_problem(send, 404, "not_found", "no resource has this name")
+            return
+        query: bytes = scope.get("query_string", b"")
+        if query:
+            # As Starlette decodes it (latin-1 text, percent-escapes as UTF-8 with
+            # replacement), so the check sees what the route would.
+            for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+                if CONTROL_RE.search(name) or CONTROL_RE.search(value):
+                    loc = ["query", name if not CONTROL_RE.search(name) else "(a name)"]
+                    await self._invalid(send, loc)
+                    return
+        if not path.startswith(self.body_prefix) or scope["method"] in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        content_type = ""
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+                break
+        # FastAPI may parse a body without a content type as JSON too.
+        if content_type and not _JSON_TYPE.match(content_type):
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        body = b""
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        if _SUSPECT_ESCAPE.search(body):
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = None  # the route answers malformed JSON itself
+            loc = unstorable_at(parsed)
+            if loc is not None:
+                await self._invalid(send, ["body", *(str(p) for p in loc)])
+                return
+
+        async def replay() -> Message:
+            if messages:
+                return messages.pop(0)
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _invalid(send: Send, loc: list[str]) -> None:
+        await _send_problem(send, 422, "validation_failed", "the request is not valid",
+                            errors=[{"loc": loc, "msg": "contains a character that cannot be "
+                                     "stored (NUL, a control character or a lone surrogate)",
+                                     "type": "unstorable_characters"}])
 
 
 class RequestIDMiddleware:

@@ -608,6 +608,15 @@ class AuthzService:
             raise RuntimeError("the audit committer is closed")
         return future
 
+    def commit_batch(self, items: list[tuple[EvalRequest, Decision]], *, actor: str | None,
+                     ctx: RequestContext | None) -> None:
+        """`submit_batch` from a worker thread: returns once the event is committed."""
+        if not self.can_submit_decisions():
+            raise RuntimeError("decision events do not take the group-commit path")
+        evt = self._audit.event(ev.AUTHZ_DECISION, ctx=ctx,
+                                **self._batch_fields(items, actor=actor))
+        self._audit.commit_unit(WriteUnit(events=[evt]))
+
     def decide(self, session: Session | None, snap: Snapshot, req: EvalRequest,
                now: datetime, *, actor: str | None, ctx: RequestContext | None) -> Decision:
         """One decision, with `@approval` obligations handled (see `tessera.authz.approvals`).

@@ -37,6 +37,9 @@ from tessera.federation.schemas import IssuerCreate, IssuerRead, IssuerUpdate
 from tessera.identity import IdentityService
 from tessera.ids import new_id
 from tessera.jwt_peek import MalformedJWT, peek
+from tessera.text import identifier
+
+ISSUER_MAX = 500  # federated_issuers.issuer
 
 # Asymmetric JWS algorithms only: never `none`, never HMAC (RFC 8725 §3.1, §3.2).
 TOKEN_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
@@ -201,7 +204,8 @@ class FederationService:
         except MalformedJWT:
             return
         iss, kid = unverified.get("iss"), header.get("kid")
-        if not isinstance(iss, str) or (kid is not None and not isinstance(kid, str)):
+        # An issuer or key id no registration could hold is not looked up (nor fetched).
+        if not identifier(iss, ISSUER_MAX) or (kid is not None and not identifier(kid)):
             return
         with self._readonly() as session:
             source = session.execute(select(
@@ -236,12 +240,12 @@ class FederationService:
         iss = unverified.get("iss")
         row = session.scalars(select(FederatedIssuerRow).where(
             FederatedIssuerRow.issuer == iss, FederatedIssuerRow.enabled.is_(True))).first() \
-            if isinstance(iss, str) else None
+            if identifier(iss, ISSUER_MAX) else None
         if row is None:
             raise FederationRejected("issuer is not registered")
         kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            raise FederationRejected("kid is not a string", row.issuer)
+        if kid is not None and not identifier(kid):
+            raise FederationRejected("kid is not a possible key id", row.issuer)
         claims = self._verify_signature(row, token, alg, kid)
         self._check_claims(row, claims)
         try:

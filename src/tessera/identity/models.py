@@ -58,6 +58,22 @@ class CredentialRow(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class KeyClaimRow(Base):
+    """A public key, by its RFC 7638 thumbprint, belongs to the first identity that registered
+    it, for good: a revoked key is not re-registrable on another identity either (whoever held
+    it could otherwise sign as the new one, and the audit trail of the key would name two
+    identities). The primary key is the rule: of two nodes racing to register one key, one
+    insert loses (credentials keep their own thumbprint; rows registered before migration 0013
+    may share one, and the first registration holds the claim)."""
+
+    __tablename__ = "key_claims"
+
+    thumbprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    identity_id: Mapped[str] = mapped_column(ForeignKey("identities.id"), index=True)
+    credential_id: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime]
+
+
 class GrantRow(Base):
     __tablename__ = "grants"
     __table_args__ = (Index("ix_grants_identity_role", "identity_id", "role"),)

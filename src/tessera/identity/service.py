@@ -22,13 +22,15 @@ from tessera.clock import Clock
 from tessera.db.invalidation import USAGE_STAMP
 from tessera.errors import Conflict, NotFound, ValidationFailed
 from tessera.ids import new_id
+from tessera.text import identifier
 from tessera.identity.jwk_policy import validate_public_jwk
-from tessera.identity.models import CredentialRow, GrantRow, IdentityRow
+from tessera.identity.models import CredentialRow, GrantRow, IdentityRow, KeyClaimRow
 from tessera.identity.schemas import (SCOPE_TOKEN, CredentialCreate, CredentialRead,
                                       IdentityCreate, IdentityRead, IdentityUpdate)
 
 ADMIN_ROLE = "admin"
 MAX_ATTRIBUTES_BYTES = 16 * 1024
+NAME_MAX = 128  # the longest id or name a lookup can match (identities.name)
 DecommissionHook = Callable[[Session, IdentityRow, str], None]
 # Usage stamps (IdentityService.touch_statements), built once: they run on every token path.
 _TOUCH_KEY = update(CredentialRow).where(CredentialRow.id == bindparam("row_id")) \
@@ -91,6 +93,12 @@ class IdentityRules:
     max_expiry_days: int = 90
 
 
+def _key_taken() -> Conflict:
+    return Conflict("this public key is already registered to another identity: a key (its "
+                    "RFC 7638 thumbprint, whatever its kid) belongs to one identity only, also "
+                    "once revoked; generate a new key pair", code="key_already_registered")
+
+
 class IdentityService:
     """Register, read, change and retire identities and their credentials."""
 
@@ -133,7 +141,11 @@ class IdentityService:
     # -- queries ----------------------------------------------------------------------------
 
     def get(self, session: Session, identity_id: str) -> IdentityRow:
-        row = session.get(IdentityRow, identity_id) if identity_id else None
+        # A value no id or name can hold (NUL, a control character, too long) names nothing:
+        # asking the database would fail on PostgreSQL instead of finding nothing.
+        if not identifier(identity_id, NAME_MAX):
+            raise NotFound(f"identity {identity_id!r} not found")
+        row = session.get(IdentityRow, identity_id)
         if row is None:
             row = session.scalars(select(IdentityRow).where(IdentityRow.name == identity_id)
                                   ).one_or_none()
@@ -142,7 +154,8 @@ class IdentityService:
         return row
 
     def find(self, session: Session, identity_id: str) -> IdentityRow | None:
-        return session.get(IdentityRow, identity_id)
+        return session.get(IdentityRow, identity_id) if identifier(identity_id, NAME_MAX) \
+            else None
 
     def list(self, session: Session, *, kind: str | None = None, status: str | None = None,
              owner: str | None = None, limit: int = 50,
@@ -342,6 +355,9 @@ class IdentityService:
         now = self._clock.now()
         if data.expires_at is not None and data.expires_at <= now:
             raise ValidationFailed("expires_at must be in the future")
+        claim = session.get(KeyClaimRow, thumb)
+        if claim is not None and claim.identity_id != row.id:
+            raise _key_taken()
         existing = session.scalars(select(CredentialRow).where(
             CredentialRow.identity_id == row.id,
             or_(CredentialRow.kid == kid, CredentialRow.thumbprint == thumb))).first()
@@ -351,7 +367,15 @@ class IdentityService:
         cred = CredentialRow(id=new_id("crd", now), identity_id=row.id, type="jwk", kid=kid,
                              thumbprint=thumb, public_jwk=public, status="active",
                              created_at=now, expires_at=expires)
-        session.add(cred)
+        try:
+            with session.begin_nested():
+                session.add(cred)
+                if claim is None:
+                    session.add(KeyClaimRow(thumbprint=thumb, identity_id=row.id,
+                                            credential_id=cred.id, created_at=now))
+        except IntegrityError as exc:
+            # Another transaction claimed the key between the check and this insert.
+            raise _key_taken() from exc
         self._audit.record(session, ev.CREDENTIAL_ADDED, actor=actor, subject=row.id, ctx=ctx,
                            resource=f"credential:{cred.id}", data={"kid": kid,
                                                                    "thumbprint": thumb})
@@ -389,6 +413,8 @@ class IdentityService:
     def client_view(self, session: Session, identity_id: str) -> ClientView | None:
         """The identity and its active keys in one round trip (the token endpoint's hot path).
         Status and expiry are judged at use (`usable_at`, `keys_at`): the view may be cached."""
+        if not identifier(identity_id, NAME_MAX):
+            return None
         rows = session.execute(_CLIENT_VIEW, {"identity_id": identity_id}).all()
         if not rows:
             return None

@@ -22,6 +22,7 @@ from tessera.errors import InvalidClient
 from tessera.jwt_peek import MalformedJWT, PeekedJWS, peek_compact, valid_jti
 from tessera.identity.jwk_policy import algorithms_for
 from tessera.oauth.ports import Client, ClientKey, ClientStore, ReplayCache
+from tessera.text import identifier
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # Asymmetric algorithms only: `none` and HMAC (the key-confusion attack) never verify.
@@ -128,6 +129,10 @@ class ClientAssertionVerifier:
         iss, sub = claims.get("iss"), claims.get("sub")
         if not isinstance(iss, str) or iss != sub:
             raise AssertionRejected("iss and sub must both be the client id")
+        if not identifier(iss):
+            # No client id holds a control character or a NUL (PostgreSQL could not even be
+            # asked): refused like an unknown client, before any lookup.
+            raise AssertionRejected("iss is not a possible client id", iss)
         form_client = form.get("client_id")
         if form_client is not None and form_client != iss:
             raise AssertionRejected("client_id does not match the assertion", iss)
@@ -137,8 +142,8 @@ class ClientAssertionVerifier:
         if not client.usable:
             raise AssertionRejected("client is not active", iss)
         kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            raise AssertionRejected("kid is not a string", iss)
+        if kid is not None and not identifier(kid):
+            raise AssertionRejected("kid is not a possible key id", iss)
         keys = self._clients.client_keys(client, kid)
         if not keys:
             raise AssertionRejected("no usable key" + (f" with kid {kid}" if kid else ""), iss)

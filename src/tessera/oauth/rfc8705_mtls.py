@@ -18,6 +18,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 from tessera.ca.svid import x5t_s256
 from tessera.oauth.ports import ClientKey
 from tessera.oauth.rfc7523_client_assertion import AssertionRejected, AuthenticatedClient
+from tessera.text import identifier
 
 if TYPE_CHECKING:
     from tessera.ca import CAService
@@ -74,6 +75,8 @@ class MutualTLSAuthenticator:
         client_id = req.form.get("client_id")
         if not client_id:
             raise AssertionRejected("mutual TLS client authentication needs client_id")
+        if not identifier(client_id):
+            raise AssertionRejected("client_id is not a possible client id", client_id)
         try:
             cert = x509.load_der_x509_certificate(req.client_cert)
         except ValueError as exc:

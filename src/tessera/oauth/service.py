@@ -87,6 +87,28 @@ class ClientMemo:
         return client
 
 
+def presented_auth_methods(req: TokenRequest) -> list[str]:
+    """The client authentication methods a request uses, whether or not this server supports
+    them (RFC 6749 §2.3.1 HTTP Basic and the form's client_secret, RFC 7523 assertions, RFC
+    8705 certificates).
+
+    A TLS client certificate beside a client assertion is not a second method: the assertion
+    authenticates the client and the certificate only binds the token issued (RFC 8705 §3;
+    §4: certificate-bound tokens are independent of mutual-TLS client authentication). Beside
+    anything else, or alone, the certificate is `tls_client_auth` (§2)."""
+    methods = []
+    if "client_assertion" in req.form or "client_assertion_type" in req.form:
+        methods.append("private_key_jwt")
+    if "client_secret" in req.form:
+        methods.append("client_secret_post")
+    scheme = req.headers.get("authorization", "").lstrip().partition(" ")[0]
+    if scheme.lower() == "basic":
+        methods.append("client_secret_basic")
+    if req.client_cert is not None and "private_key_jwt" not in methods:
+        methods.append("tls_client_auth")
+    return methods
+
+
 def _jti_replayed(issuer: str) -> AssertionRejected:
     return AssertionRejected("jti replayed", issuer)
 
@@ -374,6 +396,12 @@ class TokenService:
         return handler(req)
 
     def authenticate_client(self, req: TokenRequest) -> AuthenticatedClient:
+        methods = presented_auth_methods(req)
+        if len(methods) > 1:
+            # RFC 6749 §2.3: "The client MUST NOT use more than one authentication method in
+            # each request"; §5.2 names this case invalid_request.
+            raise InvalidRequest("more than one client authentication method: "
+                                 + ", ".join(methods))
         for authenticator in self.authenticators:
             result = authenticator(req)
             if result is not None:
