@@ -17,7 +17,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import event, select, update
+from sqlalchemy import event, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.access.models import ActionApprovalRow
@@ -341,14 +341,19 @@ class ApprovalService:
             self._expire(session, row)
         return len(rows)
 
-    def cancel_for_identity(self, session: Session, identity_id: str, actor: str) -> int:
+    def cancel_for_identity(self, session: Session, identity_id: str, actor: str,
+                            reason: str = "identity decommissioned") -> int:
+        """Approvals for the identity's actions, or that it asked for, end (each audited):
+        pending ones are cancelled, and an approved reference not yet used can no longer be."""
         rows = list(session.scalars(select(ActionApprovalRow).where(
-            ActionApprovalRow.principal == identity_id,
+            or_(ActionApprovalRow.principal == identity_id,
+                ActionApprovalRow.requested_by == identity_id),
             ActionApprovalRow.status.in_(("pending", "approved")))))
         for row in rows:
-            row.status, row.ref_sealed, row.reason = "cancelled", None, "identity decommissioned"
+            row.status, row.ref_sealed, row.reason = "cancelled", None, reason
             self._audit.record(session, ev.APPROVAL_CANCELLED, actor=actor or None,
-                               subject=identity_id, resource=f"approval:{row.id}")
+                               subject=row.principal, resource=f"approval:{row.id}",
+                               reasons=[reason])
             self._changed(session, row)
         return len(rows)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from tessera.access.models import AccessRequestRow, AccessRoleRow, DecisionRow
@@ -310,15 +310,19 @@ class AccessService:
             self._expire(session, req)
         return len(rows)
 
-    def cancel_for_identity(self, session: Session, identity_id: str, actor: str) -> int:
-        """Decommissioning: pending requests of the identity are cancelled."""
+    def cancel_for_identity(self, session: Session, identity_id: str, actor: str,
+                            reason: str = "identity decommissioned") -> int:
+        """Pending requests about the identity, or that it made, are cancelled (each audited):
+        the identity was suspended or decommissioned."""
         rows = list(session.scalars(select(AccessRequestRow).where(
-            AccessRequestRow.identity_id == identity_id, AccessRequestRow.status == "pending")))
+            or_(AccessRequestRow.identity_id == identity_id,
+                AccessRequestRow.requested_by == identity_id),
+            AccessRequestRow.status == "pending")))
         now = self._clock.now()
         for req in rows:
             req.status, req.decided_at, req.decided_by = "cancelled", now, actor or None
-            req.reason = "identity decommissioned"
+            req.reason = reason
             self._audit.record(session, ev.ACCESS_REQUEST_CANCELLED, actor=actor or None,
-                               subject=identity_id, resource=f"role:{req.role}",
-                               data={"request": req.id})
+                               subject=req.identity_id, resource=f"role:{req.role}",
+                               reasons=[reason], data={"request": req.id})
         return len(rows)
