@@ -308,6 +308,7 @@ class SecretsService:
         session.add(lease)
         engine, spec, tspec = self.engine(conn.engine), self._spec(conn), self._tspec(tmpl)
         lease_id, username, cfg = lease.id, lease.username, dict(conn.config)
+        subject = identity.id  # `identity_id` may be the name
         session.commit()
         try:
             issued = engine.create(spec, tspec, username, expires)
@@ -322,7 +323,7 @@ class SecretsService:
             raise EngineUnavailable("the credentials were revoked while being issued")
         row.status = "active"
         # INVARIANT: the password goes into the response only; the audit event has none.
-        self._audit.record(session, ev.SECRETS_LEASE_ISSUED, actor=actor, subject=identity_id,
+        self._audit.record(session, ev.SECRETS_LEASE_ISSUED, actor=actor, subject=subject,
                            resource=f"secrets-lease:{lease_id}", ctx=ctx,
                            data={"template": tspec.name, "username": username,
                                  "expires_at": expires.isoformat()})
