@@ -126,14 +126,9 @@ def build(settings: Settings, *, clock: Clock | None = None, engine: Engine | No
                                 settings.access, sessions)
     secrets_service = SecretsService(clock, audit, identities, box, settings.secrets)
 
-    def _on_decommission(session: Session, row: IdentityRow, actor: str) -> None:
-        identity_id = str(row.id)
-        access.cancel_for_identity(session, identity_id, actor)
-        approvals.cancel_for_identity(session, identity_id, actor)
-        secrets_service.revoke_for_identity(session, identity_id, actor=actor or None,
-                                            reason="identity decommissioned")
-
-    identities.on_decommission(_on_decommission)
+    # What an identity holds (requests, approvals, leases) ends when it is suspended or
+    # decommissioned, and a lease ends with the grant that allowed it.
+    wiring.IdentityHoldings(access, approvals, secrets_service).subscribe(identities)
     lifecycle = TokenLifecycle(tokens, identities=identities, audit=audit, clock=clock,
                                keys=keys, settings=settings.tokens, box=box,
                                sessions=sessions).install()

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from tessera.access import AccessService, ApprovalService
 from tessera.access.ports import OWNER_GROUP
 from tessera.access.webhooks import WebhookService
 from tessera.audit import events as ev
@@ -24,9 +25,11 @@ from tessera.db.invalidation import on_commit_touching
 from tessera.errors import InvalidRequest
 from tessera.federation.service import FederationRejected, FederationService
 from tessera.identity import IdentityService
+from tessera.identity.models import IdentityRow
 from tessera.monitor.models import ResponseRow
 from tessera.monitor.service import MonitorService
 from tessera.oauth.lifecycle import SubjectToken, TokenLifecycle
+from tessera.secrets import SecretsService
 
 
 class MonitorRisk:
@@ -151,6 +154,44 @@ def notify_owner(webhooks: WebhookService) -> Callable[[Session, str | None, dic
     return send
 
 
+class IdentityHoldings:
+    """access, secrets ← identity: what an identity holds ends with its standing.
+
+    Suspension (an admin's, through the API or CLI, or the monitor's risk response) and
+    decommissioning both cancel the access requests about it or made by it, end the action
+    approvals for it or asked by it, and mark its dynamic-credential leases for revocation (the
+    jobs runner blocks each login, ends its sessions and drops it on the target), each with an
+    audit event. Resuming revives none of them. The end of a grant revokes the leases that
+    grant allowed. Every handler joins the transaction of the change that triggers it."""
+
+    def __init__(self, access: AccessService, approvals: ApprovalService,
+                 secrets: SecretsService) -> None:
+        self._access = access
+        self._approvals = approvals
+        self._secrets = secrets
+
+    def subscribe(self, identities: IdentityService) -> None:
+        identities.on_suspend(self.suspended)
+        identities.on_decommission(self.decommissioned)
+        identities.on_grant_ended(self.grant_ended)
+
+    def _end(self, session: Session, identity_id: str, actor: str, reason: str) -> None:
+        self._access.cancel_for_identity(session, identity_id, actor, reason)
+        self._approvals.cancel_for_identity(session, identity_id, actor, reason)
+        self._secrets.revoke_for_identity(session, identity_id, actor=actor or None,
+                                          reason=reason)
+
+    def suspended(self, session: Session, row: IdentityRow, actor: str) -> None:
+        self._end(session, str(row.id), actor, "identity suspended")
+
+    def decommissioned(self, session: Session, row: IdentityRow, actor: str) -> None:
+        self._end(session, str(row.id), actor, "identity decommissioned")
+
+    def grant_ended(self, session: Session, identity_id: str, role: str, actor: str) -> None:
+        self._secrets.revoke_unsupported(session, identity_id, actor=actor or None,
+                                         reason=f"grant of role {role} ended")
+
+
 def connect(*, authz: AuthzService, monitor: MonitorService, lifecycle: TokenLifecycle,
             federation: FederationService, identities: IdentityService,
             webhooks: WebhookService | None = None,
@@ -173,5 +214,5 @@ def connect(*, authz: AuthzService, monitor: MonitorService, lifecycle: TokenLif
                                                                reason="risk response"))
 
 
-__all__ = ["FederatedSubjects", "MonitorRisk", "RiskApprovalGate", "connect",
+__all__ = ["FederatedSubjects", "IdentityHoldings", "MonitorRisk", "RiskApprovalGate", "connect",
                       "notify_owner"]

@@ -264,6 +264,27 @@ def test_decommissioning_revokes_through_the_job(services: Services, setup: dict
         assert services.secrets.lease(session, creds.lease_id).status == "revoked"
 
 
+def test_suspension_ends_open_sessions_and_login_through_the_job(services: Services,
+                                                                  setup: dict) -> None:
+    creds = issue(services, setup["agent"].id)
+    open_session = login(creds, setup["db"])
+    open_session.execute("SELECT 1")
+    with services.sessions() as session:
+        services.identities.suspend(session, setup["agent"].id, actor="test")
+        session.commit()
+        assert services.secrets.lease(session, creds.lease_id).status == "revoking"
+    run_lease_job(services)
+    with pytest.raises(psycopg.OperationalError):
+        open_session.execute("SELECT 1")
+    open_session.close()
+    assert role_row(creds.username) is None
+    with services.sessions() as session:
+        services.identities.resume(session, setup["agent"].id, actor="test")
+        session.commit()
+        assert services.secrets.lease(session, creds.lease_id).status == "revoked"
+    assert role_row(creds.username) is None
+
+
 def test_api_issues_once_with_no_store(app_client: Any, services: Services,
                                        setup: dict) -> None:
     resp = app_client.post("/oauth2/token", data=setup["agent"].form())

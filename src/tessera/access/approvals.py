@@ -5,6 +5,13 @@ approval bound to the SHA-256 of the request (principal, action, resource and th
 the policy looked at). Approvers see a readable summary. On approval a `tsr_ap_` reference is
 minted: stored as its hash, plus a sealed copy the requester collects once (long-poll `wait`).
 Presented with the same request, it is accepted once, within `approval_ref_ttl`.
+
+Who may say yes is judged when the yes is given (`approve`: outside the approval's group is
+refused, 403, audited) and again whenever it is relied on: an approval completes, and its
+reference is accepted, only while enough of the approvers who said yes are still eligible
+(active, in the group, not the principal or requester). A yes from someone who has since left
+the group, or been suspended, no longer counts: the reference is refused
+(`approver_not_eligible`) and a new approval must be asked for.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import event, select, update
+from sqlalchemy import event, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.access.models import ActionApprovalRow
@@ -191,8 +198,7 @@ class ApprovalService:
         self.approvers.check(session, approver, aset, target=target, ctx=ctx)
         now = self._clock.now()
         self.approvers.record(session, row.id, approver, "approve", comment, now)
-        yes = {d.approver_id for d in self.approvers.tally(session, row.id)
-               if d.decision == "approve"}
+        yes = self.approvers.standing_yes(session, row.id, aset)
         self._audit.record(session, ev.APPROVAL_APPROVAL_RECORDED, actor=approver,
                            subject=row.principal, resource=target, ctx=ctx,
                            data={"approvals": len(yes), "required": aset.required})
@@ -297,6 +303,9 @@ class ApprovalService:
             code = "request_mismatch"
         elif group is not None and row.approver_group != group:
             code = "wrong_approver_group"
+        elif not self._vouched(session, row):
+            # Judged again at use: a yes from someone no longer in the group lifts nothing.
+            code = "approver_not_eligible"
         if code is None and row is not None:
             # INVARIANT: single use even under concurrent presentation: the conditional
             # update succeeds for exactly one transaction.
@@ -318,6 +327,10 @@ class ApprovalService:
                            ctx=ctx, data={"approval": row.id})
         self._changed(session, row)
         return row
+
+    def _vouched(self, session: Session, row: ActionApprovalRow) -> bool:
+        aset = self.approver_set(session, row)
+        return len(self.approvers.standing_yes(session, row.id, aset)) >= aset.required
 
     def _expire(self, session: Session, row: ActionApprovalRow) -> None:
         row.status, row.ref_sealed = "expired", None
@@ -341,14 +354,19 @@ class ApprovalService:
             self._expire(session, row)
         return len(rows)
 
-    def cancel_for_identity(self, session: Session, identity_id: str, actor: str) -> int:
+    def cancel_for_identity(self, session: Session, identity_id: str, actor: str,
+                            reason: str = "identity decommissioned") -> int:
+        """Approvals for the identity's actions, or that it asked for, end (each audited):
+        pending ones are cancelled, and an approved reference not yet used can no longer be."""
         rows = list(session.scalars(select(ActionApprovalRow).where(
-            ActionApprovalRow.principal == identity_id,
+            or_(ActionApprovalRow.principal == identity_id,
+                ActionApprovalRow.requested_by == identity_id),
             ActionApprovalRow.status.in_(("pending", "approved")))))
         for row in rows:
-            row.status, row.ref_sealed, row.reason = "cancelled", None, "identity decommissioned"
+            row.status, row.ref_sealed, row.reason = "cancelled", None, reason
             self._audit.record(session, ev.APPROVAL_CANCELLED, actor=actor or None,
-                               subject=identity_id, resource=f"approval:{row.id}")
+                               subject=row.principal, resource=f"approval:{row.id}",
+                               reasons=[reason])
             self._changed(session, row)
         return len(rows)
 

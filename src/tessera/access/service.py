@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from tessera.access.models import AccessRequestRow, AccessRoleRow, DecisionRow
@@ -39,13 +39,24 @@ class Approvers:
         if approver in aset.excluded:
             self._refuse(session, approver, target, ctx, "self_approval",
                          "nobody approves a request they made or that is about them")
-        row = self._identities.find(session, approver)
-        eligible = row is not None and self._identities.is_usable(row) and (
-            approver in aset.identities or
-            any(self._identities.has_role(session, approver, r) for r in aset.roles))
-        if not eligible:
+        if not self.eligible(session, approver, aset):
             self._refuse(session, approver, target, ctx, "not_an_approver",
                          "you are not among the approvers of this request")
+
+    def eligible(self, session: Session, approver: str, aset: ApproverSet) -> bool:
+        """May `approver` decide now: usable, not excluded, named or holding a group role."""
+        if approver in aset.excluded:
+            return False
+        row = self._identities.find(session, approver)
+        return row is not None and self._identities.is_usable(row) and (
+            approver in aset.identities or
+            any(self._identities.has_role(session, approver, r) for r in aset.roles))
+
+    def standing_yes(self, session: Session, target_id: str, aset: ApproverSet) -> set[str]:
+        """The approvers whose yes still counts: each must be eligible now, not only when
+        they said it (someone who left the group, or was suspended, no longer vouches)."""
+        return {d.approver_id for d in self.tally(session, target_id)
+                if d.decision == "approve" and self.eligible(session, d.approver_id, aset)}
 
     def _refuse(self, session: Session, approver: str, target: str,
                 ctx: RequestContext | None, code: str, message: str) -> None:
@@ -242,8 +253,7 @@ class AccessService:
         self.approvers.check(session, approver, aset, target=f"access-request:{req.id}", ctx=ctx)
         now = self._clock.now()
         self.approvers.record(session, req.id, approver, "approve", comment, now)
-        yes = {d.approver_id for d in self.approvers.tally(session, req.id)
-               if d.decision == "approve"}
+        yes = self.approvers.standing_yes(session, req.id, aset)
         self._audit.record(session, ev.ACCESS_REQUEST_APPROVAL_RECORDED, actor=approver,
                            subject=req.identity_id, resource=f"access-request:{req.id}",
                            ctx=ctx, data={"approvals": len(yes), "required": aset.required})
@@ -310,15 +320,19 @@ class AccessService:
             self._expire(session, req)
         return len(rows)
 
-    def cancel_for_identity(self, session: Session, identity_id: str, actor: str) -> int:
-        """Decommissioning: pending requests of the identity are cancelled."""
+    def cancel_for_identity(self, session: Session, identity_id: str, actor: str,
+                            reason: str = "identity decommissioned") -> int:
+        """Pending requests about the identity, or that it made, are cancelled (each audited):
+        the identity was suspended or decommissioned."""
         rows = list(session.scalars(select(AccessRequestRow).where(
-            AccessRequestRow.identity_id == identity_id, AccessRequestRow.status == "pending")))
+            or_(AccessRequestRow.identity_id == identity_id,
+                AccessRequestRow.requested_by == identity_id),
+            AccessRequestRow.status == "pending")))
         now = self._clock.now()
         for req in rows:
             req.status, req.decided_at, req.decided_by = "cancelled", now, actor or None
-            req.reason = "identity decommissioned"
+            req.reason = reason
             self._audit.record(session, ev.ACCESS_REQUEST_CANCELLED, actor=actor or None,
-                               subject=identity_id, resource=f"role:{req.role}",
-                               data={"request": req.id})
+                               subject=req.identity_id, resource=f"role:{req.role}",
+                               reasons=[reason], data={"request": req.id})
         return len(rows)

@@ -21,7 +21,13 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from tessera.audit import RequestContext
-from tessera.authz.engine import ENRICHED_CONTEXT, Decision, EvalRequest, Snapshot
+from tessera.authz.engine import (
+    CALLER_FORBIDDEN_CONTEXT,
+    ENRICHED_CONTEXT,
+    Decision,
+    EvalRequest,
+    Snapshot,
+)
 from tessera.authz.ports import ApprovalBinding, ApprovalRedeemer
 
 REFERENCE_KEY = "approval_reference"
@@ -52,7 +58,8 @@ def binding(snap: Snapshot, req: EvalRequest, group: str) -> ApprovalBinding:
         values["action"] = req.action_properties
     # Server-side values (time, risk, source) change between asking and presenting.
     context = {k: v for k, v in values.items()
-               if k not in ENRICHED_CONTEXT and (keys is None or k in keys)}
+               if k not in ENRICHED_CONTEXT and k not in CALLER_FORBIDDEN_CONTEXT and
+               (keys is None or k in keys)}
     return ApprovalBinding(principal=req.principal[1], action=req.action[1],
                            resource=f"{req.resource[0]}::{json.dumps(req.resource[1])}",
                            context=context, group=group)

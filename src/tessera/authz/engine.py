@@ -34,6 +34,10 @@ RESERVED_ATTRS = ("kind", "name", "status", "owner", "purpose", "spiffe_id")
 # `risk` is the name policies use (issue 6: "context.risk"); `risk_score` is kept as an alias.
 ENRICHED_CONTEXT = ("hour", "weekday", "timestamp", "source_ip", "risk", "risk_score",
                     "principal_status")
+# Context keys no caller may set: a human's approval is proven only by an approval reference
+# (`tessera.authz.approvals`), never by the caller saying so. A policy that reads
+# `context.approved` therefore never sees it (`context has approved` is false).
+CALLER_FORBIDDEN_CONTEXT = ("approved",)
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 IDENTITY_ALIAS = "*identity*"  # alias target meaning "look the id up in the registry"
 DEFAULT_ALIASES: dict[str, str] = {
@@ -334,6 +338,8 @@ class Snapshot:
     def context_for(self, req: EvalRequest, now: datetime,
                     status: str, risk: int) -> dict[str, Any]:
         ctx = cedar_record(req.context) if req.context else {}
+        for key in CALLER_FORBIDDEN_CONTEXT:
+            ctx.pop(key, None)
         if req.action_properties:
             ctx["action"] = cedar_record(req.action_properties)
         ctx.update(hour=now.hour, weekday=WEEKDAYS[now.weekday()],

@@ -32,6 +32,11 @@ ADMIN_ROLE = "admin"
 MAX_ATTRIBUTES_BYTES = 16 * 1024
 NAME_MAX = 128  # the longest id or name a lookup can match (identities.name)
 DecommissionHook = Callable[[Session, IdentityRow, str], None]
+# (session, identity, actor): the identity was suspended; it runs in the same transaction.
+SuspensionHook = Callable[[Session, IdentityRow, str], None]
+# (session, identity id, role, actor): a grant of that role ended (expired and purged, or ended
+# early); it runs in the same transaction, after the grant is gone.
+GrantEndedHook = Callable[[Session, str, str, str], None]
 # Usage stamps (IdentityService.touch_statements), built once: they run on every token path.
 _TOUCH_KEY = update(CredentialRow).where(CredentialRow.id == bindparam("row_id")) \
     .values(last_used_at=bindparam("now")).execution_options(**{USAGE_STAMP: True})
@@ -107,6 +112,8 @@ class IdentityService:
         self._audit = audit
         self.rules = rules
         self._decommission_hooks: list[DecommissionHook] = []
+        self._suspension_hooks: list[SuspensionHook] = []
+        self._grant_ended_hooks: list[GrantEndedHook] = []
 
     def now(self) -> datetime:
         return self._clock.now()
@@ -114,6 +121,15 @@ class IdentityService:
     def on_decommission(self, hook: DecommissionHook) -> None:
         """Subscribe another package to decommissioning (it runs in the same transaction)."""
         self._decommission_hooks.append(hook)
+
+    def on_suspend(self, hook: SuspensionHook) -> None:
+        """Subscribe another package to suspension (by an admin or by a risk response); it
+        runs in the same transaction. Resuming revives nothing the subscribers ended."""
+        self._suspension_hooks.append(hook)
+
+    def on_grant_ended(self, hook: GrantEndedHook) -> None:
+        """Subscribe another package to the end of a grant (it runs in the same transaction)."""
+        self._grant_ended_hooks.append(hook)
 
     # -- representation ---------------------------------------------------------------------
 
@@ -178,6 +194,21 @@ class IdentityService:
         return sorted(set(session.scalars(select(GrantRow.role).where(
             GrantRow.identity_id == identity_id,
             or_(GrantRow.expires_at.is_(None), GrantRow.expires_at > now)))))
+
+    def grant_ends(self, session: Session, identity_id: str) -> dict[str, datetime | None]:
+        """Each role the identity holds now, with the end of its longest-lived live grant
+        (None: a grant without an end)."""
+        now = self._clock.now()
+        ends: dict[str, datetime | None] = {}
+        for role, expires in session.execute(select(GrantRow.role, GrantRow.expires_at).where(
+                GrantRow.identity_id == identity_id,
+                or_(GrantRow.expires_at.is_(None), GrantRow.expires_at > now))):
+            if role not in ends:
+                ends[role] = expires
+                continue
+            held = ends[role]
+            ends[role] = None if held is None or expires is None else max(held, expires)
+        return ends
 
     def has_role(self, session: Session, identity_id: str, role: str) -> bool:
         return role in self.roles(session, identity_id)
@@ -294,8 +325,12 @@ class IdentityService:
 
     def suspend(self, session: Session, identity_id: str, *, actor: str | None,
                 reason: str = "", ctx: RequestContext | None = None) -> IdentityRow:
-        return self._set_status(session, identity_id, "suspended", ev.IDENTITY_SUSPENDED, actor,
-                                reason, ctx, ("active",))
+        """Records who and why, and tells subscribers (they end what the identity holds)."""
+        row = self._set_status(session, identity_id, "suspended", ev.IDENTITY_SUSPENDED, actor,
+                               reason, ctx, ("active",))
+        for hook in self._suspension_hooks:
+            hook(session, row, actor or "")
+        return row
 
     def resume(self, session: Session, identity_id: str, *, actor: str | None,
                reason: str = "", ctx: RequestContext | None = None) -> IdentityRow:
@@ -331,8 +366,28 @@ class IdentityService:
                            resource=f"role:{role}")
         return grant
 
+    def end_grant(self, session: Session, grant_id: str, *, actor: str | None,
+                  reason: str = "", ctx: RequestContext | None = None) -> GrantRow:
+        """End a grant now (before its expiry, if it has one) and tell subscribers."""
+        grant = session.get(GrantRow, grant_id)
+        if grant is None:
+            raise NotFound(f"grant {grant_id!r} not found")
+        now = self._clock.now()
+        if grant.expires_at is not None and grant.expires_at <= now:
+            return grant
+        grant.expires_at = now
+        session.flush()
+        self._audit.record(session, ev.GRANT_REMOVED, actor=actor, subject=grant.identity_id,
+                           resource=f"role:{grant.role}", ctx=ctx,
+                           reasons=[reason] if reason else [],
+                           data={"grant": grant.id, "ended_at": now})
+        for hook in self._grant_ended_hooks:
+            hook(session, grant.identity_id, grant.role, actor or "")
+        return grant
+
     def purge_expired_grants(self, session: Session, *, limit: int = 500) -> int:
-        """Delete grants past their expiry (JIT grants); each removal is audited."""
+        """Delete grants past their expiry (JIT grants); each removal is audited and told to
+        subscribers."""
         now = self._clock.now()
         rows = list(session.scalars(select(GrantRow).where(
             GrantRow.expires_at.is_not(None), GrantRow.expires_at <= now).limit(limit)))
@@ -341,6 +396,10 @@ class IdentityService:
             self._audit.record(session, ev.GRANT_REMOVED, subject=grant.identity_id,
                                resource=f"role:{grant.role}",
                                data={"grant": grant.id, "expired_at": grant.expires_at})
+        session.flush()
+        for grant in rows:
+            for hook in self._grant_ended_hooks:
+                hook(session, grant.identity_id, grant.role, "")
         return len(rows)
 
     # -- credentials ------------------------------------------------------------------------

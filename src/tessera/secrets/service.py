@@ -1,8 +1,17 @@
 """Dynamic secrets: short-lived accounts on other systems, each held by a lease.
 
-Lease life: `active` until it expires or is revoked; `revoking` while the target still has to
-drop the account (decommissioning, or a failed attempt the jobs runner retries); then `expired`
-or `revoked`. Generated passwords are returned once and never stored or logged.
+Lease life: `issuing` while the target creates the account; `active` until it expires or is
+revoked; `revoking` while the target still has to drop the account (suspension,
+decommissioning, the end of the grant that allowed it, a failed issue, or a failed attempt the
+jobs runner retries); then `expired` or `revoked`. Generated passwords are returned once and
+never stored or logged.
+
+INVARIANT: no database transaction of Tessera's is open while an engine talks to its target (a
+slow or hung target must not stall other writers; on SQLite every transaction holds the write
+lock). Operations that reach a target therefore commit the caller's session: they record the
+intent, commit, call the target, then record the outcome in a new transaction the caller
+commits. A crash between two steps leaves a lease `issuing` or `revoking`, which the jobs
+runner ends; a lease row is `active` only once its account exists.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -45,6 +54,12 @@ from tessera.secrets.schemas import (
 
 log = logging.getLogger("tessera.secrets")
 MAX_USERNAME = 63
+# The states in which a lease may hold (or be about to hold) an account on the target.
+LIVE = ("issuing", "active")
+# How long an `issuing` lease may wait for its outcome before the jobs runner treats the issue
+# as abandoned (a crash between the intent and the result) and drops the account, if any.
+# Longer than an engine call takes (PostgreSQL: its connect timeout plus the statements).
+ISSUE_GRACE = timedelta(minutes=5)
 
 
 class EngineUnavailable(AppError):
@@ -122,13 +137,15 @@ class SecretsService:
     def configure_connection(self, session: Session, data: ConnectionCreate, *,
                              actor: str | None,
                              ctx: RequestContext | None = None) -> SecretConnectionRow:
-        """Create or replace a named admin connection; the password is stored sealed."""
+        """Create or replace a named admin connection; the password is stored sealed. With
+        `verify`, commits `session` before connecting to the target."""
         engine = self.engine(data.engine)
         config = {"host": data.host, "port": data.port, "database": data.database,
                   "username": data.username, "sslmode": data.sslmode}
         spec = ConnectionSpec(name=data.name, config=config,
                               secret=data.password.get_secret_value())
         if data.verify:
+            session.commit()  # no transaction (SQLite: no write lock) while the target answers
             try:
                 engine.check_connection(spec)
             except EngineError as exc:
@@ -227,10 +244,31 @@ class SecretsService:
                            resource=resource, ctx=ctx, reasons=[code])
         return Refused(message, code=code, status=status)
 
+    def _grant_cap(self, session: Session, identity_id: str,
+                   allowed_roles: list[str]) -> datetime | None:
+        """When the grants that let the identity use the template end: the last moment
+        `may_issue` still holds as its time-bound (JIT) grants run out; None when grants
+        without an end suffice."""
+        ends = self._identities.grant_ends(session, identity_id)
+        if self.policy.may_issue([r for r, end in ends.items() if end is None], identity_id,
+                                 allowed_roles):
+            return None
+        for moment in sorted({end for end in ends.values() if end is not None}, reverse=True):
+            held = [r for r, end in ends.items() if end is None or end >= moment]
+            if self.policy.may_issue(held, identity_id, allowed_roles):
+                return moment
+        return None  # not permitted at all: the caller has refused already
+
     def issue(self, session: Session, template_ref: str, identity_id: str, *,
               actor: str | None, ttl: int | None = None,
               ctx: RequestContext | None = None) -> Issue:
-        """Create a fresh account for `identity_id` from a template, under a new lease."""
+        """Create a fresh account for `identity_id` from a template, under a new lease.
+
+        Commits `session` twice: the lease is recorded as `issuing` and committed before the
+        target is contacted (no transaction is open while it answers); the outcome is then
+        written in a new transaction the caller commits. A lease left `issuing` (a crash, a
+        lost commit) is ended by the jobs runner after `ISSUE_GRACE`, dropping the account
+        if it was created: the password of such an account never reached anyone."""
         tmpl = self.template(session, template_ref)
         identity = self._identities.get(session, identity_id)
         resource = f"secrets-template:{tmpl.name}"
@@ -255,30 +293,78 @@ class SecretsService:
         if conn is None:
             raise NotFound("the template's connection no longer exists")
         now = self._clock.now()
-        expires = now + timedelta(seconds=lifetime)
+        cap = now + timedelta(seconds=tmpl.max_ttl)
+        # INVARIANT: a lease never outlives the grant that allowed it; renewals stop at
+        # max_expires_at too.
+        grant_end = self._grant_cap(session, identity.id, tmpl.allowed_roles)
+        if grant_end is not None:
+            cap = min(cap, grant_end)
+        expires = min(now + timedelta(seconds=lifetime), cap)
         lease = SecretLeaseRow(id=new_id("lse", now), identity_id=identity.id,
                                template_id=tmpl.id, engine=conn.engine,
-                               username=self._username(tmpl.name), status="active",
-                               created_at=now, expires_at=expires,
-                               max_expires_at=now + timedelta(seconds=tmpl.max_ttl), attempts=0)
+                               username=self._username(tmpl.name), status="issuing",
+                               created_at=now, expires_at=expires, max_expires_at=cap,
+                               attempts=0)
         session.add(lease)
-        session.flush()
+        engine, spec, tspec = self.engine(conn.engine), self._spec(conn), self._tspec(tmpl)
+        lease_id, username, cfg = lease.id, lease.username, dict(conn.config)
+        subject = identity.id  # `identity_id` may be the name
+        session.commit()
         try:
-            issued = self.engine(conn.engine).create(self._spec(conn), self._tspec(tmpl),
-                                                     lease.username, expires)
+            issued = engine.create(spec, tspec, username, expires)
         except EngineError as exc:
+            self._issue_failed(session, lease_id, str(exc), actor=actor, ctx=ctx)
             raise EngineUnavailable(str(exc)) from None
+        row = self._locked(session, lease_id)
+        if row is None or row.status != "issuing":
+            # Ended meanwhile (suspension, or the job judged the issue abandoned): the account
+            # just made must go as well, and nobody gets its password.
+            self._abandon(session, lease_id, engine, spec, tspec, username)
+            raise EngineUnavailable("the credentials were revoked while being issued")
+        row.status = "active"
         # INVARIANT: the password goes into the response only; the audit event has none.
-        self._audit.record(session, ev.SECRETS_LEASE_ISSUED, actor=actor, subject=identity.id,
-                           resource=f"secrets-lease:{lease.id}", ctx=ctx,
-                           data={"template": tmpl.name, "username": lease.username,
+        self._audit.record(session, ev.SECRETS_LEASE_ISSUED, actor=actor, subject=subject,
+                           resource=f"secrets-lease:{lease_id}", ctx=ctx,
+                           data={"template": tspec.name, "username": username,
                                  "expires_at": expires.isoformat()})
-        cfg = conn.config
-        return Issue(lease, IssuedCredentials(
-            lease_id=lease.id, template=tmpl.name, username=issued.username,
+        return Issue(row, IssuedCredentials(
+            lease_id=lease_id, template=tspec.name, username=issued.username,
             password=issued.password, host=cfg.get("host"), port=cfg.get("port"),
-            database=cfg.get("database"), expires_at=expires,
-            max_expires_at=lease.max_expires_at))
+            database=cfg.get("database"), expires_at=expires, max_expires_at=cap))
+
+    @staticmethod
+    def _locked(session: Session, lease_id: str) -> SecretLeaseRow | None:
+        """The lease as stored now, locked for this transaction (SQLite: BEGIN IMMEDIATE)."""
+        return session.get(SecretLeaseRow, lease_id, with_for_update=True,
+                           populate_existing=True)
+
+    def _issue_failed(self, session: Session, lease_id: str, error: str, *,
+                      actor: str | None, ctx: RequestContext | None) -> None:
+        """The target refused or was unreachable: the create may still have happened there
+        (an answer lost), so the lease goes to `revoking` and the jobs runner makes sure."""
+        row = self._locked(session, lease_id)
+        if row is not None and row.status == "issuing":
+            row.status, row.revoke_requested_at = "revoking", self._clock.now()
+            row.revoked_by, row.revoke_reason = actor, "issue failed"
+            row.last_error = error[:200]
+        self._audit.record(session, ev.SECRETS_LEASE_ISSUE_FAILED, outcome="failure",
+                           actor=actor, subject=row.identity_id if row else None,
+                           resource=f"secrets-lease:{lease_id}", ctx=ctx,
+                           reasons=[error[:200]])
+        session.commit()
+
+    def _abandon(self, session: Session, lease_id: str, engine: SecretsEngine,
+                 spec: ConnectionSpec, tspec: TemplateSpec, username: str) -> None:
+        session.commit()
+        try:
+            engine.revoke(spec, tspec, username)
+        except EngineError as exc:
+            # The account may outlive this call: hand the lease back to the job's retries.
+            row = self._locked(session, lease_id)
+            if row is not None:
+                row.status, row.last_error = "revoking", str(exc)[:200]
+                row.revoke_reason = row.revoke_reason or "issue abandoned"
+            session.commit()
 
     def lease(self, session: Session, lease_id: str) -> SecretLeaseRow:
         row = session.get(SecretLeaseRow, lease_id)
@@ -297,7 +383,9 @@ class SecretsService:
 
     def renew(self, session: Session, lease_id: str, *, actor: str | None,
               increment: int | None = None, ctx: RequestContext | None = None) -> SecretLeaseRow:
-        """Extend a live lease to now + increment, never past its cap."""
+        """Extend a live lease to now + increment, never past its cap (nor past the grant that
+        allowed it). Commits `session` before the target is contacted; the new expiry is
+        recorded afterwards, in a transaction the caller commits."""
         lease = self.lease(session, lease_id)
         now = self._clock.now()
         resource = f"secrets-lease:{lease.id}"
@@ -313,6 +401,12 @@ class SecretsService:
         conn = session.get(SecretConnectionRow, tmpl.connection_id) if tmpl else None
         if tmpl is None or conn is None:
             raise NotFound("the lease's template no longer exists")
+        if not self.policy.may_issue(self._identities.roles(session, identity.id), identity.id,
+                                     tmpl.allowed_roles):
+            raise self._refuse(session, ev.SECRETS_LEASE_REFUSED,
+                               "this identity no longer holds a role the template allows",
+                               "not_permitted", actor=actor, subject=identity.id,
+                               resource=resource, ctx=ctx)
         new_expiry = now + timedelta(seconds=increment or tmpl.default_ttl)
         if new_expiry > lease.max_expires_at:
             raise self._refuse(session, ev.SECRETS_LEASE_REFUSED,
@@ -320,79 +414,136 @@ class SecretsService:
                                f"{lease.max_expires_at.isoformat()}", "renewal_beyond_cap",
                                actor=actor, subject=identity.id, resource=resource, ctx=ctx,
                                status=422)
+        engine, spec, tspec = self.engine(lease.engine), self._spec(conn), self._tspec(tmpl)
+        username, subject = lease.username, identity.id
+        session.commit()
         try:
-            self.engine(lease.engine).renew(self._spec(conn), self._tspec(tmpl), lease.username,
-                                            new_expiry)
+            engine.renew(spec, tspec, username, new_expiry)
         except EngineError as exc:
+            # Nothing recorded: the job drops the account at the expiry the lease still has.
             raise EngineUnavailable(str(exc)) from None
-        lease.expires_at, lease.renewed_at = new_expiry, now
-        self._audit.record(session, ev.SECRETS_LEASE_RENEWED, actor=actor, subject=identity.id,
+        row = self._locked(session, lease_id)
+        if row is None or row.status != "active":
+            raise Conflict("only a live lease can be renewed", code="lease_not_active")
+        row.expires_at, row.renewed_at = new_expiry, now
+        self._audit.record(session, ev.SECRETS_LEASE_RENEWED, actor=actor, subject=subject,
                            resource=resource, ctx=ctx,
                            data={"expires_at": new_expiry.isoformat()})
-        return lease
+        return row
 
     def revoke(self, session: Session, lease_id: str, *, actor: str | None, reason: str = "",
                ctx: RequestContext | None = None) -> SecretLeaseRow:
-        """Revoke now; when the target cannot be reached the jobs runner retries."""
+        """Revoke now; when the target cannot be reached the jobs runner retries. Commits
+        `session` (the lease is `revoking`) before the target is contacted."""
         lease = self.lease(session, lease_id)
         if lease.status in ("revoked", "expired"):
             return lease
-        lease.status, lease.revoke_requested_at = "revoking", self._clock.now()
-        lease.revoked_by, lease.revoke_reason = actor, (reason or "revoked")[:200]
-        self._finish(session, lease, final="revoked", ctx=ctx)
-        return lease
+        if lease.status != "revoking":
+            lease.status, lease.revoke_requested_at = "revoking", self._clock.now()
+            lease.revoked_by, lease.revoke_reason = actor, (reason or "revoked")[:200]
+        self._finish(session, lease.id, final="revoked", ctx=ctx)
+        return self.lease(session, lease_id)
 
-    def _finish(self, session: Session, lease: SecretLeaseRow, *, final: str,
+    def _finish(self, session: Session, lease_id: str, *, final: str,
                 ctx: RequestContext | None = None) -> bool:
+        """Drop the account of a `revoking` lease: commit, ask the target, record the result
+        (in a transaction the caller commits). Safe to run twice at once: the target's revoke
+        is idempotent and only the first to record it writes the event."""
+        lease = self.lease(session, lease_id)
         tmpl = session.get(SecretTemplateRow, lease.template_id)
         conn = session.get(SecretConnectionRow, tmpl.connection_id) if tmpl else None
         resource = f"secrets-lease:{lease.id}"
+        error: str | None = None
+        call = None
         try:
             if tmpl is None or conn is None:
                 raise EngineError("the lease's template or connection no longer exists")
-            self.engine(lease.engine).revoke(self._spec(conn), self._tspec(tmpl), lease.username)
+            call = (self.engine(lease.engine), self._spec(conn), self._tspec(tmpl),
+                    lease.username)
         except (EngineError, ValidationFailed) as exc:
-            lease.attempts += 1
-            lease.last_error = str(exc)[:200]
+            error = str(exc)
+        session.commit()
+        if call is not None:
+            engine, spec, tspec, username = call
+            try:
+                engine.revoke(spec, tspec, username)
+            except EngineError as exc:
+                error = str(exc)
+        row = self._locked(session, lease_id)
+        if row is None or row.status != "revoking":
+            return False  # another node or call finished it meanwhile
+        if error is not None:
+            row.attempts += 1
+            row.last_error = error[:200]
             self._audit.record(session, ev.SECRETS_LEASE_REVOKE_FAILED, outcome="failure",
-                               actor=lease.revoked_by, subject=lease.identity_id,
-                               resource=resource, ctx=ctx, reasons=[lease.last_error],
-                               data={"attempts": lease.attempts})
+                               actor=row.revoked_by, subject=row.identity_id,
+                               resource=resource, ctx=ctx, reasons=[row.last_error],
+                               data={"attempts": row.attempts})
             return False
-        lease.status, lease.revoked_at, lease.last_error = final, self._clock.now(), None
-        self._audit.record(session, ev.SECRETS_LEASE_REVOKED, actor=lease.revoked_by,
-                           subject=lease.identity_id, resource=resource, ctx=ctx,
-                           data={"username": lease.username, "status": final,
-                                 "reason": lease.revoke_reason or final})
+        row.status, row.revoked_at, row.last_error = final, self._clock.now(), None
+        self._audit.record(session, ev.SECRETS_LEASE_REVOKED, actor=row.revoked_by,
+                           subject=row.identity_id, resource=resource, ctx=ctx,
+                           data={"username": row.username, "status": final,
+                                 "reason": row.revoke_reason or final})
         return True
 
     def revoke_for_identity(self, session: Session, identity_id: str, *, actor: str | None,
                             reason: str) -> int:
-        """Mark every live lease of an identity for revocation (the jobs runner drops them)."""
-        now = self._clock.now()
+        """Mark every live lease of an identity for revocation (the jobs runner blocks the
+        login, ends its sessions and drops the account); no target is contacted here, so it
+        joins the caller's transaction."""
         rows = list(session.scalars(select(SecretLeaseRow).where(
-            SecretLeaseRow.identity_id == identity_id, SecretLeaseRow.status == "active")))
+            SecretLeaseRow.identity_id == identity_id,
+            SecretLeaseRow.status.in_(LIVE))))
+        return self._mark(rows, actor=actor, reason=reason)
+
+    def revoke_unsupported(self, session: Session, identity_id: str, *, actor: str | None,
+                           reason: str = "grant ended") -> int:
+        """Mark for revocation the live leases of an identity whose template it may no longer
+        use (a grant ended): a lease never outlives what allowed it."""
+        roles = self._identities.roles(session, identity_id)
+        rows = [lease for lease in session.scalars(select(SecretLeaseRow).where(
+            SecretLeaseRow.identity_id == identity_id, SecretLeaseRow.status.in_(LIVE)))
+            if not self._still_allowed(session, lease, roles)]
+        return self._mark(rows, actor=actor, reason=reason)
+
+    def _still_allowed(self, session: Session, lease: SecretLeaseRow, roles: list[str]) -> bool:
+        tmpl = session.get(SecretTemplateRow, lease.template_id)
+        return tmpl is not None and self.policy.may_issue(roles, lease.identity_id,
+                                                          tmpl.allowed_roles)
+
+    def _mark(self, rows: list[SecretLeaseRow], *, actor: str | None, reason: str) -> int:
+        now = self._clock.now()
         for lease in rows:
             lease.status, lease.revoke_requested_at = "revoking", now
             lease.revoked_by, lease.revoke_reason = actor, reason[:200]
         return len(rows)
 
     def due(self, session: Session) -> list[str]:
-        """Leases the jobs runner must end now: expired, or waiting for revocation."""
+        """Leases the jobs runner must end now: expired, waiting for revocation, or issues
+        abandoned for longer than `ISSUE_GRACE`."""
         now = self._clock.now()
         return list(session.scalars(select(SecretLeaseRow.id).where(or_(
             (SecretLeaseRow.status == "active") & (SecretLeaseRow.expires_at <= now),
+            (SecretLeaseRow.status == "issuing") &
+            (SecretLeaseRow.created_at <= now - ISSUE_GRACE),
             SecretLeaseRow.status == "revoking")).order_by(SecretLeaseRow.expires_at)))
 
     def end_due(self, session: Session, lease_id: str) -> bool:
-        """End one due lease (called by the job, one transaction per lease)."""
-        lease = session.get(SecretLeaseRow, lease_id)
+        """End one due lease (called by the job, one lease at a time). Commits `session`
+        before the target is contacted; the caller commits the outcome."""
+        lease = self._locked(session, lease_id)
         if lease is None or lease.status in ("revoked", "expired"):
             return False
+        now = self._clock.now()
         if lease.status == "active":
-            if lease.expires_at > self._clock.now():
+            if lease.expires_at > now:
                 return False
             lease.status, lease.revoke_reason = "revoking", "expired"
-            return self._finish(session, lease, final="expired")
+        elif lease.status == "issuing":
+            if lease.created_at > now - ISSUE_GRACE:
+                return False
+            lease.status, lease.revoke_reason = "revoking", "issue not completed"
+            lease.revoke_requested_at = now
         final = "expired" if lease.revoke_reason == "expired" else "revoked"
-        return self._finish(session, lease, final=final)
+        return self._finish(session, lease.id, final=final)

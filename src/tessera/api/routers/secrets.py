@@ -24,7 +24,7 @@ from tessera.secrets.schemas import (
 
 router = APIRouter(prefix="/v1/secrets", tags=["secrets"])
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-LeaseStatus = Literal["active", "revoking", "revoked", "expired"]
+LeaseStatus = Literal["issuing", "active", "revoking", "revoked", "expired"]
 
 
 @router.post("/connections", status_code=201, response_model=ConnectionRead)
