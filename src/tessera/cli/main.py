@@ -54,6 +54,8 @@ def init(data_dir: DataDir = None,
         out.print(f"[green]created[/green]  {line}", highlight=False)
     for line in report.existing:
         out.print(f"[yellow]exists[/yellow]   {line}", highlight=False)
+    for line in report.tightened:
+        err.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
     out.print(f"admin client id: {report.admin_id}", highlight=False)
 
 
@@ -86,6 +88,12 @@ def serve(data_dir: DataDir = None,
     os.environ["TESSERA_PORT"] = str(settings.port)
     if not settings.database_url and not (settings.data_dir / "tessera.db").exists():
         fail(f"no database in {settings.data_dir}; run `tessera init` first")
+    from tessera.datadir import secure
+    from tessera.db.engine import sqlite_path
+
+    # Before any worker opens a file: keys and database readable by others are tightened.
+    for line in secure(settings.data_dir, sqlite_path(settings.db_url)):
+        err.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
     services = build(settings)
     try:
         check_ready(services)
