@@ -13,7 +13,9 @@ from sqlalchemy import select
 from tessera.audit import events as ev
 from tessera.config import Settings
 from tessera.container import DEFAULT_TRUST_DOMAIN, build
+from tessera.datadir import secure
 from tessera.db import make_engine, make_session_factory, migrate
+from tessera.db.engine import sqlite_path
 from tessera.db.meta import get_meta, set_meta
 from tessera.identity import ADMIN_ROLE
 from tessera.identity.models import IdentityRow
@@ -31,6 +33,7 @@ TRUST_DOMAIN_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$")
 class InitReport:
     created: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
+    tightened: list[str] = field(default_factory=list)  # permissions taken off existing files
     admin_id: str | None = None
     trust_domain: str = DEFAULT_TRUST_DOMAIN
 
@@ -40,11 +43,11 @@ def init(settings: Settings, trust_domain: str | None = None, alg: str = "ES256"
     if trust_domain is not None and not TRUST_DOMAIN_RE.match(trust_domain):
         raise ValueError("trust domain must be a DNS-like name (lower case, digits, . and -)")
     data_dir: Path = settings.data_dir
-    if not data_dir.exists():
-        data_dir.mkdir(parents=True, mode=0o700)
-        report.created.append(f"data directory {data_dir}")
-    else:
-        report.existing.append(f"data directory {data_dir}")
+    (report.existing if data_dir.exists() else report.created).append(
+        f"data directory {data_dir}")
+    # Before anything is opened or written: what existed loosely is tightened, and what is
+    # created below is private from its first byte.
+    report.tightened = secure(data_dir, sqlite_path(settings.db_url), create=True)
     engine = make_engine(settings.db_url)
     pending_before = migrate.pending(engine)
     migrate.upgrade(engine)

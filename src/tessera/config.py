@@ -148,6 +148,30 @@ class AuthzSettings(BaseModel):
     risk_gate_cache_seconds: float = Field(1.0, ge=0, le=60)
 
 
+class HTTPSettings(BaseModel):
+    """What one `tessera serve` worker accepts from a client before it has a request, and how
+    long it waits: each bound caps what an unauthenticated peer can make a worker hold."""
+
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024,
+                                  description="request line and headers together (bytes); "
+                                              "over it: 431 and the connection closes")
+    max_headers: int = Field(100, ge=8, le=1000,
+                             description="header fields in one request; over it: 431")
+    header_timeout: float = Field(10.0, gt=0, le=300,
+                                  description="from a request's first byte (or the connection) "
+                                              "to its last header; then 408 and close (s)")
+    body_timeout: float = Field(30.0, gt=0, le=3600,
+                                description="from the end of the headers to the end of the "
+                                            "body; then 408 (unless answered) and close (s)")
+    keep_alive_timeout: float = Field(5.0, gt=0, le=300,
+                                      description="an idle connection between requests is "
+                                                  "closed after this long (s)")
+    max_connections: int = Field(
+        1000, ge=0, le=1_000_000,
+        description="open connections (and requests in progress) per worker process at which "
+                    "a request gets 503 instead of being served; 0: no limit")
+
+
 class Settings(BaseSettings):
     """Everything Tessera reads from its environment."""
 
@@ -163,6 +187,7 @@ class Settings(BaseSettings):
     url: str | None = None  # where CLI commands find the server
     node_id: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
     max_body_bytes: int = 64 * 1024
+    http: HTTPSettings = Field(default_factory=HTTPSettings)
     # FastAPI's OpenTelemetry spans/metrics/logs per HTTP request (needs an OTel SDK set up).
     # Off by default: even unconfigured, FastAPI checks for a provider on every request.
     http_telemetry: bool = False

@@ -23,12 +23,38 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tessera.config import HTTPSettings
 
 log = logging.getLogger("tessera.serve")
 APP = "tessera.api.app:create_app"
 STARTUP_FAILURE = 3  # uvicorn's exit code for a server that could not start
 BACKLOG = 2048
+
+
+def uvicorn_options(http: HTTPSettings, *, tls: bool = False) -> dict[str, Any]:
+    """The uvicorn options that bound what a client can make a worker hold (README, "HTTP
+    limits"): the same in one process and in each worker of `--workers N`.
+
+    Head size, header count and the head and body deadlines are enforced by the protocol class
+    (`tessera.api.http_limits`); the idle keep-alive timeout and the connection limit are
+    uvicorn's own. At `max_connections` open connections or requests in progress, uvicorn
+    answers each further request 503 with `connection: close` instead of queueing it: load
+    shedding a client retries later, rather than a worker whose memory and latency grow with
+    its queue. WebSockets are off: Tessera serves none, and an upgrade would leave these
+    bounds behind.
+    """
+    from tessera.api.http_limits import HTTPLimits, LimitedHttpToolsProtocol
+    from tessera.api.tls import TLSProtocol
+
+    protocol = TLSProtocol if tls else LimitedHttpToolsProtocol
+    return {"http": partial(protocol, limits=HTTPLimits.from_settings(http)),
+            "ws": "none",
+            "timeout_keep_alive": http.keep_alive_timeout,
+            "limit_concurrency": http.max_connections or None}
 
 
 def available() -> bool:
@@ -138,4 +164,4 @@ class Supervisor:
                 proc.join()
 
 
-__all__ = ["Supervisor", "available", "bind"]
+__all__ = ["Supervisor", "available", "bind", "uvicorn_options"]

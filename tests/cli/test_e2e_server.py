@@ -172,3 +172,31 @@ def test_every_command_has_help() -> None:
     for group in ("identity", "credential", "audit"):
         text = cli(os.environ.copy(), group, "--help").stdout
         assert "Commands" in text
+
+
+def test_serve_tightens_a_loose_data_directory_at_start(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    port = free_port()
+    env = env_for(data, port)
+    cli(env, "init")
+    os.chmod(data, 0o755)
+    for name in ("tessera.db", "master.key", "admin-key.jwk"):
+        os.chmod(data / name, 0o644)
+    proc = subprocess.Popen([*TESSERA, "serve", "--log-level", "warning"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    for name in ("tessera.db", "master.key", "admin-key.jwk"):
+        assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+        assert f"tightened {data / name} from mode 0644 to 0600" in output
+    assert f"tightened {data} from mode 0755 to 0700" in output

@@ -1,8 +1,8 @@
 """Client certificates from the TLS layer into the ASGI scope (the ASGI TLS extension).
 
 uvicorn does not put the peer certificate in the scope, so `tessera serve --tls-*` runs uvicorn
-with `TLSH11Protocol`: on each connection it reads the verified peer certificate from the SSL
-object and adds `scope["extensions"]["tls"]` as the ASGI TLS extension describes
+with `TLSProtocol` (the bounded protocol of `tessera.api.http_limits`, as without TLS): on each
+connection it reads the verified peer certificate from the SSL object and adds `scope["extensions"]["tls"]` as the ASGI TLS extension describes
 (https://asgi.readthedocs.io/en/latest/specs/tls.html): `client_cert_chain` holds PEM strings.
 Any ASGI server that implements the extension works the same way.
 """
@@ -14,7 +14,8 @@ import ssl
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from tessera.api.http_limits import LimitedHttpToolsProtocol
 
 
 def client_cert_der(scope: Scope) -> bytes | None:
@@ -70,8 +71,8 @@ def tls_extension(ssl_object: ssl.SSLObject | None) -> dict[str, Any] | None:
             "tessera_cipher": cipher[0] if cipher else None}
 
 
-class TLSH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, plus the ASGI TLS extension."""
+class TLSProtocol(LimitedHttpToolsProtocol):
+    """The bounded HTTP protocol, plus the ASGI TLS extension."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

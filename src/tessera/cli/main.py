@@ -54,6 +54,8 @@ def init(data_dir: DataDir = None,
         out.print(f"[green]created[/green]  {line}", highlight=False)
     for line in report.existing:
         out.print(f"[yellow]exists[/yellow]   {line}", highlight=False)
+    for line in report.tightened:
+        err.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
     out.print(f"admin client id: {report.admin_id}", highlight=False)
 
 
@@ -86,6 +88,12 @@ def serve(data_dir: DataDir = None,
     os.environ["TESSERA_PORT"] = str(settings.port)
     if not settings.database_url and not (settings.data_dir / "tessera.db").exists():
         fail(f"no database in {settings.data_dir}; run `tessera init` first")
+    from tessera.datadir import secure
+    from tessera.db.engine import sqlite_path
+
+    # Before any worker opens a file: keys and database readable by others are tightened.
+    for line in secure(settings.data_dir, sqlite_path(settings.db_url)):
+        err.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
     services = build(settings)
     try:
         check_ready(services)
@@ -103,9 +111,11 @@ def serve(data_dir: DataDir = None,
         tls = tls_options(settings, tls_cert, tls_key, tls_client_ca, tls_require_client_cert)
         if not settings.issuer:
             os.environ["TESSERA_ISSUER"] = f"https://{settings.host}:{settings.port}"
-    options = {"host": settings.host, "port": settings.port, "log_level": log_level,
-               "server_header": False, **tls}
     from tessera import serving
+
+    options = {"host": settings.host, "port": settings.port, "log_level": log_level,
+               "server_header": False, **tls,
+               **serving.uvicorn_options(settings.http, tls=bool(tls))}
 
     if workers > 1 and serving.available():
         # One socket per worker (SO_REUSEPORT): connections spread evenly (tessera.serving).
@@ -117,11 +127,10 @@ def tls_options(settings: Settings, cert: Path | None, key: Path | None,
                 client_ca: Path | None, require: bool) -> dict[str, Any]:
     """uvicorn options for HTTPS with client certificates verified against the CA (RFC 8705).
 
-    Client certificates reach the app through the ASGI TLS extension (tessera.api.tls).
+    Client certificates reach the app through the ASGI TLS extension (tessera.api.tls), added
+    by the protocol class `tessera.serving.uvicorn_options` picks for TLS.
     """
     import ssl
-
-    from tessera.api.tls import TLSH11Protocol
 
     if not (cert and key):
         fail("--tls-cert and --tls-key go together")
@@ -139,8 +148,7 @@ def tls_options(settings: Settings, cert: Path | None, key: Path | None,
         client_ca = settings.data_dir / "ca-bundle.pem"
         client_ca.write_text(bundle)
     return {"ssl_certfile": str(cert), "ssl_keyfile": str(key), "ssl_ca_certs": str(client_ca),
-            "ssl_cert_reqs": ssl.CERT_REQUIRED if require else ssl.CERT_OPTIONAL,
-            "http": TLSH11Protocol}
+            "ssl_cert_reqs": ssl.CERT_REQUIRED if require else ssl.CERT_OPTIONAL}
 
 
 @app.command()

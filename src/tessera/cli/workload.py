@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -221,12 +220,9 @@ def ca_server_cert(
         return
     finally:
         svc.close()
-    key_path = target / "server-key.pem"
-    if key_path.exists():
-        os.unlink(key_path)
-    write_secret_file(key_path, key.private_bytes(
+    write_secret_file(target / "server-key.pem", key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+        serialization.NoEncryption()), replace=True)
     (target / "server.pem").write_text(cert + chain)
     (target / "ca-bundle.pem").write_text(bundle)
     print(f"wrote {target}/server.pem, server-key.pem (0600), ca-bundle.pem")

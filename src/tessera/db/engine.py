@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,9 +23,32 @@ def normalise_url(url: str) -> str:
 READONLY = "tessera_readonly"
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other databases and in-memory ones."""
+    parsed = make_url(normalise_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    if parsed.database.startswith("file:"):
+        return None  # a URI filename: SQLite interprets it, not us
+    return Path(parsed.database)
+
+
+def _create_private(path: Path) -> None:
+    """Create an empty database file 0600 if there is none: SQLite would create it 0644 (less
+    the umask), and its -wal and -shm files take the database file's mode."""
+    if path.parent.is_dir():
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
+        database = sqlite_path(url)
+        if database is not None:
+            _create_private(database)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                **kwargs)
 

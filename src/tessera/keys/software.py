@@ -6,7 +6,9 @@ The master key comes from TESSERA_MASTER_KEY or from a generated key file (mode 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +30,45 @@ def _b64u(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def write_secret_file(path: Path, data: bytes) -> None:
-    """Create `path` with mode 0600 from the first byte on; refuse to overwrite."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def write_secret_file(path: Path, data: bytes, *, replace: bool = False) -> None:
+    """Write `path` atomically, mode 0600 from the first byte on; refuse to overwrite an
+    existing file unless `replace`.
+
+    The bytes go to a new private file beside it (created 0600, never chmod-ed after, so no
+    moment is world-readable), reach the disk, and only then take the name: a crash leaves
+    either no file or a whole one, never a truncated key (a truncated master.key would lock
+    every signing key away). FileExistsError if `path` exists and not `replace`.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, data)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # unlike rename, fails if `path` exists
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _sync_dir(path.parent)
+
+
+def _sync_dir(directory: Path) -> None:
+    """Make a new name in `directory` durable (where the platform allows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
@@ -44,8 +80,11 @@ def load_or_create_master_key(data_dir: Path, configured: str | None) -> bytes:
     else:
         path = data_dir / MASTER_KEY_FILE
         if not path.exists():
-            data_dir.mkdir(parents=True, exist_ok=True)
-            write_secret_file(path, Fernet.generate_key())
+            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Two processes starting together may both get here: the first key written wins
+            # and both read it.
+            with contextlib.suppress(FileExistsError):
+                write_secret_file(path, Fernet.generate_key())
         key = path.read_bytes().strip()
     try:
         Fernet(key)
