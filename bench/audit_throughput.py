@@ -28,10 +28,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from _common import scratch_database  # bench/ is the script's directory
 from cryptography.fernet import Fernet
 from sqlalchemy import Column, Integer, MetaData, String, Table, Text
 
-from _common import scratch_database  # bench/ is the script's directory
 from tessera.clock import SystemClock
 from tessera.config import Settings
 from tessera.container import Services, build

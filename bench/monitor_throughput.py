@@ -49,9 +49,9 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from _common import scratch_database  # bench/ is the script's directory
 from sqlalchemy import delete, select, update
 
-from _common import scratch_database  # bench/ is the script's directory
 from tessera.audit import RequestContext
 from tessera.audit import events as ev
 from tessera.audit.groupcommit import WriteUnit

@@ -25,9 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
 from urllib.parse import urlencode
 
 import httpx
@@ -36,8 +35,15 @@ from joserfc import jwt
 from joserfc.jwk import ECKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (cpu_split, drive_raw, free_port, http_post_requests, per_call,  # noqa: E402
-                     percentile, process_tree)
+from _common import (  # noqa: E402
+    cpu_split,
+    drive_raw,
+    free_port,
+    http_post_requests,
+    per_call,
+    percentile,
+    process_tree,
+)
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -74,7 +80,7 @@ def prepare(data_dir: Path, database_url: str | None, agents: int) -> list[tuple
             key = ECKey.generate_key("P-256", private=True)
             row = svc.identities.register(s, IdentityCreate(
                 name=f"bench-{secrets.token_hex(4)}-{i}", kind="agent", owner=report.admin_id,
-                purpose="benchmark", expires_at=datetime.now(timezone.utc) + timedelta(days=1),
+                purpose="benchmark", expires_at=datetime.now(UTC) + timedelta(days=1),
                 allowed_scopes=["read"]), actor="bench")
             svc.identities.add_credential(s, row.id, CredentialCreate(
                 jwk=key.as_dict(private=False)), actor="bench")

@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import uvloop
-from joserfc import jwt
-from joserfc.jwk import ECKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from token_issuance import assertions, prepare, raw_sign_verify_cost  # noqa: E402

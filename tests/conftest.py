@@ -13,7 +13,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +110,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def clock() -> FakeClock:
     # The fake clock starts at the real time: joserfc and Authlib read the wall clock.
-    from datetime import datetime, timezone
-    return FakeClock(datetime.now(timezone.utc).replace(microsecond=0))
+    from datetime import datetime
+    return FakeClock(datetime.now(UTC).replace(microsecond=0))
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
-
 class Receiver:
     """A loopback HTTP server that answers with queued status codes and keeps what it got."""
 

@@ -11,7 +11,6 @@ from typing import Any
 from fastapi.testclient import TestClient
 from joserfc import jwt
 from joserfc.jwk import ECKey
-
 from tests.conftest import ASSERTION_TYPE, ISSUER, Actor
 
 TOKEN_URL = f"{ISSUER}/oauth2/token"

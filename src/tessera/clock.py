@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
@@ -16,14 +16,14 @@ class SystemClock:
     """The real wall clock."""
 
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
 
 class FakeClock:
     """A clock for tests: stands still until moved."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+        self._now = start or datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
     def now(self) -> datetime:
         return self._now
@@ -39,5 +39,5 @@ class FakeClock:
 def utc(dt: datetime) -> datetime:
     """Return dt as aware UTC (SQLite hands back naive datetimes)."""
     if dt.tzinfo is None:
-        return dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)

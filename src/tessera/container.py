@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from tessera import wiring
 from tessera.access import AccessService, ApprovalService, RoleApproverPolicy, WebhookService
 from tessera.audit import AuditOptions, AuditService
 from tessera.authz import AuthzService
 from tessera.authz.callers import CallerCache
 from tessera.ca import CAService
 from tessera.clock import Clock, SystemClock
-from tessera import wiring
 from tessera.config import Settings
 from tessera.db import make_engine, make_session_factory
 from tessera.db.invalidation import on_commit_touching
@@ -24,10 +24,10 @@ from tessera.identity.models import CredentialRow, IdentityRow
 from tessera.keys.ports import KeyProvider
 from tessera.keys.rotation import KeyRotation, RotationPolicy
 from tessera.keys.service import KeyService
+from tessera.keys.software import SoftwareKeyProvider, load_or_create_master_key
 from tessera.monitor.caep import CaepService
 from tessera.monitor.engine import MonitorConfig
 from tessera.monitor.service import MonitorService
-from tessera.keys.software import SoftwareKeyProvider, load_or_create_master_key
 from tessera.oauth.api_gate import ApiGate
 from tessera.oauth.lifecycle import TokenLifecycle
 from tessera.oauth.models import RevokedTokenRow

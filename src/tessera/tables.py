@@ -1,21 +1,38 @@
 """Every table, imported in one place for Alembic and for tests (db itself imports no domain)."""
 
-from tessera.access.models import (AccessRequestRow, AccessRoleRow, ActionApprovalRow,
-                                   DecisionRow, WebhookDeliveryRow, WebhookRow)
+from tessera.access.models import (
+                                   AccessRequestRow,
+                                   AccessRoleRow,
+                                   ActionApprovalRow,
+                                   DecisionRow,
+                                   WebhookDeliveryRow,
+                                   WebhookRow,
+)
+from tessera.audit.models import AuditCheckpointRow, AuditEventRow, AuditHeadRow, AuditRetentionRow
 from tessera.authz.models import AuthzStateRow, EntityRow, PolicySetRow, PolicyVersionRow
 from tessera.ca.models import CACertificateRow, IssuedCertificateRow
-from tessera.audit.models import (AuditCheckpointRow, AuditEventRow, AuditHeadRow,
-                                  AuditRetentionRow)
 from tessera.db.base import Base
 from tessera.db.meta import MetaRow
 from tessera.federation.models import FederatedIssuerRow
 from tessera.identity.models import CredentialRow, GrantRow, IdentityRow
-from tessera.keys.models import SigningKeyRow
 from tessera.jobs import JobRunRow
-from tessera.monitor.models import (AlertRow, BaselineRow, DeliveryRow, ResponseRow, RiskRow,
-                                    StreamCursorRow, SubscriptionRow)
-from tessera.oauth.models import (FamilyAccessTokenRow, RefreshTokenRow, RevokedTokenRow,
-                                  TokenFamilyRow, UsedJTIRow)
+from tessera.keys.models import SigningKeyRow
+from tessera.monitor.models import (
+                                   AlertRow,
+                                   BaselineRow,
+                                   DeliveryRow,
+                                   ResponseRow,
+                                   RiskRow,
+                                   StreamCursorRow,
+                                   SubscriptionRow,
+)
+from tessera.oauth.models import (
+                                   FamilyAccessTokenRow,
+                                   RefreshTokenRow,
+                                   RevokedTokenRow,
+                                   TokenFamilyRow,
+                                   UsedJTIRow,
+)
 from tessera.secrets.models import SecretConnectionRow, SecretLeaseRow, SecretTemplateRow
 
 __all__ = [

@@ -6,13 +6,13 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from tests.loopback import Receiver
 
 from tessera.access.models import WebhookDeliveryRow
 from tessera.access.schemas import AccessRequestCreate, RoleDefine, WebhookCreate
 from tessera.access.webhooks import SIGNATURE_HEADER, verify_signature
 from tessera.clock import FakeClock
 from tessera.container import Services
-from tests.loopback import Receiver
 
 
 def test_owner_is_notified_with_a_signed_post_and_failures_are_retried(

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from joserfc.jwk import ECKey
+from tests.conftest import Actor
 
 from tessera.clock import FakeClock
 from tessera.container import Services
-from tests.conftest import Actor
 
 
 def agent_body(clock: FakeClock, owner_id: str | None, **kw: Any) -> dict[str, Any]:

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from tests.conftest import ISSUER, Actor
 
 from tessera.api.app import create_app
 from tessera.container import Services
-from tests.conftest import ISSUER, Actor
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 

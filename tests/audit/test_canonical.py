@@ -3,7 +3,7 @@ whichever way their columns were encoded when they were written (SQLite and Post
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from typing import Any
 
 import pytest
@@ -11,8 +11,8 @@ from sqlalchemy import insert, select, update
 
 from tessera.audit import RequestContext
 from tessera.audit.chain import GENESIS, canonical, chain_hash, hashed_part, ts_text
-from tessera.audit.models import AuditEventRow, AuditHeadRow
 from tessera.audit.groupcommit import WriteUnit
+from tessera.audit.models import AuditEventRow, AuditHeadRow
 from tessera.audit.service import DATA_JSON, event_dict
 from tessera.clock import FakeClock
 from tessera.container import Services
@@ -25,7 +25,7 @@ RECORD: dict[str, Any] = {
     "source": "127.0.0.1", "node_id": "node-1",
     "data": {"scope": "read", "exp": 1714979289, "jti": "j\n1",
              "nested": {"b": [1, 2.5, None, True], "a": "日本"},
-             "when": datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)}}
+             "when": datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)}}
 # Written by the encoding every stored chain was hashed with: changing a byte of it breaks
 # every existing log's verification.
 CANONICAL = (

@@ -12,10 +12,10 @@ from ca_helpers import make_csr, new_key
 from cryptography import x509
 from fastapi.testclient import TestClient
 from test_rfc8705_mtls import cc, svid_for, tls_client
+from tests.conftest import ISSUER, bearer_headers
 
 from tessera.container import Services
 from tessera.oauth import rfc9068_access_token as at
-from tests.conftest import ISSUER, bearer_headers
 
 
 def _csr_for(services: Services, identity_id: str) -> str:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.cli.test_e2e_server import TESSERA, cli, env_for, free_port
 
 from tessera import serving
-from tests.cli.test_e2e_server import TESSERA, cli, env_for, free_port
 
 pytestmark = pytest.mark.skipif(not serving.available(), reason="SO_REUSEPORT balancing is Linux's")
 

@@ -7,10 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi.testclient import TestClient
-
-from tessera.container import Services
 from tests.conftest import Actor
 
+from tessera.container import Services
 
 RISKY = """
 @id("agents-read")

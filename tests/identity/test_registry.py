@@ -13,7 +13,7 @@ from tessera.clock import FakeClock
 from tessera.container import Services
 from tessera.errors import Conflict, NotFound, ValidationFailed
 from tessera.identity.models import CredentialRow
-from tessera.identity.schemas import (CredentialCreate, IdentityCreate, IdentityUpdate)
+from tessera.identity.schemas import CredentialCreate, IdentityCreate, IdentityUpdate
 
 
 @pytest.fixture

@@ -20,11 +20,11 @@ from tessera.keys.jws import sign_compact
 from tessera.keys.software import KeyProviderError, SoftwareKeyProvider
 
 pkcs11 = pytest.importorskip("pkcs11")
-from tests.keys.hsm_helpers import make_csr_pem, register
-from pkcs11 import Attribute, Mechanism, ObjectClass
-from pkcs11.exceptions import PKCS11Error
+from pkcs11 import Attribute, Mechanism, ObjectClass  # noqa: E402 - after the importorskip
+from pkcs11.exceptions import PKCS11Error  # noqa: E402
+from tests.keys.hsm_helpers import make_csr_pem, register  # noqa: E402
 
-from tessera.keys.pkcs11 import PKCS11KeyProvider, _lib
+from tessera.keys.pkcs11 import PKCS11KeyProvider, _lib  # noqa: E402
 
 
 @pytest.fixture

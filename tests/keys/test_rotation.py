@@ -10,9 +10,9 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from tests.conftest import Actor, make_services
 from typer.testing import CliRunner
 
-from tests.conftest import Actor, make_services
 from oauth_helpers import token
 from tessera.api.app import default_jobs
 from tessera.clock import FakeClock

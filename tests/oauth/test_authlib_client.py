@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 from authlib.oauth2.rfc7523 import PrivateKeyJWT, private_key_jwt_sign
-
 from tests.conftest import ISSUER, Actor
+
 from tessera.api.app import create_app
 from tessera.container import Services
 

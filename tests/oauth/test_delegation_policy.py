@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
+from tests.conftest import Actor
 
 from oauth_helpers import AT_TYPE, EXCHANGE, count_events, token
 from tessera.audit import events as ev
 from tessera.container import Services
-from tests.conftest import Actor
 
 OTHER = """
 @id("anyone-reads")

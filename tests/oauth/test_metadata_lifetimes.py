@@ -8,8 +8,8 @@ from datetime import UTC
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-
 from tests.conftest import ISSUER, Actor
+
 from oauth_helpers import claims_of, token
 from tessera.config import TokenSettings
 from tessera.container import Services

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from fastapi.testclient import TestClient
 from sqlalchemy import select
-
 from tests.conftest import Actor
+
 from oauth_helpers import count_events, introspect, token
 from tessera.clock import FakeClock
 from tessera.container import Services

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
-
 from tests.conftest import Actor
+
 from oauth_helpers import claims_of, introspect, revoke, token
 from tessera.clock import FakeClock
 from tessera.container import Services

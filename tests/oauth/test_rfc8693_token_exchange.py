@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 from joserfc import jwt
 from joserfc.jwk import ECKey
-
 from tests.conftest import ISSUER, Actor
+
 from oauth_helpers import AT_TYPE, EXCHANGE, claims_of, count_events, revoke, token
 from tessera.clock import FakeClock
 from tessera.container import Services

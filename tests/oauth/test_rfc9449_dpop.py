@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from joserfc import jwt
 from joserfc.jwk import ECKey, OctKey
-
 from tests.conftest import Actor
+
 from oauth_helpers import TOKEN_URL, claims_of, introspect, proof, token, unsigned_proof
 from tessera.container import Services
 from tessera.oauth.rfc9449_dpop import (

@@ -16,11 +16,11 @@ import pytest
 from fastapi.testclient import TestClient
 from joserfc import jws, jwt
 from joserfc.jwk import ECKey, KeySet
+from tests.conftest import ASSERTION_TYPE, ISSUER, TOKEN_ENDPOINT, Actor, make_services
 
 from tessera.clock import FakeClock
 from tessera.container import Services
 from tessera.identity.schemas import IdentityUpdate
-from tests.conftest import ASSERTION_TYPE, ISSUER, TOKEN_ENDPOINT, Actor, make_services
 
 
 def b64(obj: dict[str, Any]) -> str:

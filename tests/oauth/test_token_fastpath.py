@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from joserfc.jwk import ECKey
 from sqlalchemy import select, text
+from tests.conftest import Actor, make_services
 
 from tessera.audit import RequestContext
 from tessera.audit.groupcommit import WriteUnit
@@ -27,7 +28,6 @@ from tessera.identity.schemas import CredentialCreate, IdentityUpdate
 from tessera.identity.service import ClientView, KeyView
 from tessera.oauth.deferred import HOOK_REPLAY, StaleClient
 from tessera.oauth.service import ClientMemo, client_from_view
-from tests.conftest import Actor, make_services
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from joserfc.jwk import ECKey
-
 from tests.conftest import ISSUER, Actor
+
 from oauth_helpers import proof, token
 from tessera import sdk
 from tessera.api.app import create_app

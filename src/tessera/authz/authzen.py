@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
-
-import orjson
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from tessera.authz.engine import ACTION_TYPE, Decision, EvalRequest, Snapshot
 from tessera.authz.errors import AuthZENError, UnknownEntityType
@@ -137,7 +137,8 @@ def evaluations(snap: Snapshot, body: dict[str, Any], source: str | None,
 
     `decide` evaluates one request (default: the snapshot; the service adds approvals)."""
     if decide is None:
-        decide = lambda r: snap.evaluate(r, now)
+        def decide(r: EvalRequest) -> Decision:
+            return snap.evaluate(r, now)
     items = body.get("evaluations")
     if items is None or items == []:
         # §7.1: without an evaluations array the request is a single evaluation.
@@ -223,7 +224,8 @@ def search(kind: str, snap: Snapshot, body: dict[str, Any], source: str | None,
         def make(name: str) -> EvalRequest:
             return EvalRequest((st, sid or ""), (ACTION_TYPE, name), (rt, rid or ""), dict(ctx),
                                sprops, rprops, None, source)
-        render: Callable[[Any], dict[str, Any]] = lambda name: {"name": name}
+        def render(name: Any) -> dict[str, Any]:
+            return {"name": name}
     else:
         other = "resource" if kind == "subject" else "subject"
         ktype, _ignored, kprops = entity(body[kind], kind, need_id=False)
@@ -240,7 +242,8 @@ def search(kind: str, snap: Snapshot, body: dict[str, Any], source: str | None,
                                    kprops, oprops, aprops, source)
             return EvalRequest((ot, oid or ""), (ACTION_TYPE, aname), (kt, cid), dict(ctx),
                                oprops, kprops, aprops, source)
-        render = lambda uid: {"type": ktype, "id": uid}
+        def render(uid: Any) -> dict[str, Any]:
+            return {"type": ktype, "id": uid}
     truncated = len(candidates) > MAX_SEARCH_CANDIDATES
     permitted: list[Any] = []
     for cand in candidates[:MAX_SEARCH_CANDIDATES]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -40,7 +40,7 @@ def access_request(
         duration: Annotated[str, typer.Option(help="How long: 3600, 90m, 2h, 1d.")],
         justification: Annotated[str, typer.Option("--justification", "-j",
                                                    help="Why it is needed.")],
-        identity: Annotated[Optional[str], typer.Option(
+        identity: Annotated[str | None, typer.Option(
             help="On behalf of this identity (its owner or an admin).")] = None,
         as_json: JsonOut = False) -> None:
     """Ask for a role for a while."""
@@ -52,9 +52,9 @@ def access_request(
 
 
 @access_app.command("list")
-def access_list(status: Annotated[Optional[str], typer.Option(
+def access_list(status: Annotated[str | None, typer.Option(
                     help="pending, approved, denied, withdrawn, expired, cancelled.")] = None,
-                identity: Annotated[Optional[str], typer.Option()] = None,
+                identity: Annotated[str | None, typer.Option()] = None,
                 as_json: JsonOut = False) -> None:
     """List access requests you may see (yours, your identities', those you approve)."""
     params = {k: v for k, v in {"status": status, "identity": identity}.items() if v}
@@ -82,7 +82,7 @@ _decide("withdraw", "Withdraw your own pending request.")
 def access_define_role(
         name: str,
         max_duration: Annotated[str, typer.Option(help="Cap: 3600, 8h, 1d.")],
-        approver_role: Annotated[Optional[str], typer.Option(
+        approver_role: Annotated[str | None, typer.Option(
             help="Holders of this role approve.")] = None,
         owner_approves: Annotated[bool, typer.Option(
             help="The identity's owner may approve.")] = True,
@@ -98,7 +98,7 @@ def access_define_role(
 
 
 @access_app.command("approvals")
-def access_approvals(status: Annotated[Optional[str], typer.Option()] = "pending",
+def access_approvals(status: Annotated[str | None, typer.Option()] = "pending",
                      as_json: JsonOut = False) -> None:
     """List action approvals (admin)."""
     params = {"status": status} if status else {}
@@ -150,10 +150,10 @@ def secrets_add_template(
         sql_file: Annotated[typer.FileText, typer.Option(
             "--sql", help="File with the creation SQL ({{name}}, {{password}}, "
                           "{{expiration}}).")],
-        allowed_role: Annotated[Optional[list[str]], typer.Option(
+        allowed_role: Annotated[list[str] | None, typer.Option(
             help="Identities holding this role may obtain credentials; repeatable.")] = None,
-        default_ttl: Annotated[Optional[str], typer.Option()] = None,
-        max_ttl: Annotated[Optional[str], typer.Option()] = None,
+        default_ttl: Annotated[str | None, typer.Option()] = None,
+        max_ttl: Annotated[str | None, typer.Option()] = None,
         as_json: JsonOut = False) -> None:
     """Define a role template (admin)."""
     body: dict[str, Any] = {"name": name, "connection": connection,
@@ -168,7 +168,7 @@ def secrets_add_template(
 
 @secrets_app.command("creds")
 def secrets_creds(template: str,
-                  ttl: Annotated[Optional[str], typer.Option(help="Lease: 3600, 30m, 2h.")
+                  ttl: Annotated[str | None, typer.Option(help="Lease: 3600, 30m, 2h.")
                                  ] = None,
                   as_json: JsonOut = False) -> None:
     """Obtain fresh credentials (the password is shown once)."""
@@ -177,7 +177,7 @@ def secrets_creds(template: str,
 
 
 @secrets_app.command("leases")
-def secrets_leases(status: Annotated[Optional[str], typer.Option()] = None,
+def secrets_leases(status: Annotated[str | None, typer.Option()] = None,
                    as_json: JsonOut = False) -> None:
     """List leases (yours; an admin sees all)."""
     params = {"status": status} if status else {}
@@ -187,7 +187,7 @@ def secrets_leases(status: Annotated[Optional[str], typer.Option()] = None,
 
 @secrets_app.command("renew")
 def secrets_renew(lease_id: str,
-                  increment: Annotated[Optional[str], typer.Option()] = None,
+                  increment: Annotated[str | None, typer.Option()] = None,
                   as_json: JsonOut = False) -> None:
     """Extend a lease, within its cap."""
     body = {"increment": parse_duration(increment)} if increment else {}

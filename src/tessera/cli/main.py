@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from tessera.cli.access import access_app, secrets_app
 from tessera.cli.client import Api, fetch_token
 from tessera.cli.common import DataDir, JsonOut, emit, err, fail, out, run, settings_for
+from tessera.cli.keys import keys_app
 from tessera.cli.policy import policy_app, resource_app
 from tessera.cli.workload import ca_app, federation_app
-from tessera.cli.keys import keys_app
 from tessera.config import Settings
 
 app = typer.Typer(help="Tessera: identity and access control plane for AI systems.",
@@ -39,7 +39,7 @@ app.add_typer(keys_app, name="keys")
 
 @app.command()
 def init(data_dir: DataDir = None,
-         trust_domain: Annotated[Optional[str], typer.Option(
+         trust_domain: Annotated[str | None, typer.Option(
              help="SPIFFE trust domain (default tessera.local).")] = None) -> None:
     """Create the database, a signing key and the bootstrap admin. Never overwrites."""
     from tessera.bootstrap import init as do_init
@@ -61,14 +61,14 @@ def init(data_dir: DataDir = None,
 
 @app.command()
 def serve(data_dir: DataDir = None,
-          host: Annotated[Optional[str], typer.Option(help="Address to bind.")] = None,
-          port: Annotated[Optional[int], typer.Option(help="Port (default 8700).")] = None,
+          host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
+          port: Annotated[int | None, typer.Option(help="Port (default 8700).")] = None,
           workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
           log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
-          tls_cert: Annotated[Optional[Path], typer.Option(
+          tls_cert: Annotated[Path | None, typer.Option(
               help="Serve HTTPS with this certificate (see `tessera ca server-cert`).")] = None,
-          tls_key: Annotated[Optional[Path], typer.Option(help="Its private key.")] = None,
-          tls_client_ca: Annotated[Optional[Path], typer.Option(
+          tls_key: Annotated[Path | None, typer.Option(help="Its private key.")] = None,
+          tls_client_ca: Annotated[Path | None, typer.Option(
               help="Verify client certificates against this bundle (default: Tessera's CA)."
           )] = None,
           tls_require_client_cert: Annotated[bool, typer.Option(
@@ -193,21 +193,21 @@ def parse_attrs(pairs: list[str] | None) -> dict[str, Any] | None:
 def identity_register(
         name: str,
         kind: Annotated[str, typer.Option(help="agent, model, pipeline, service or human.")],
-        owner: Annotated[Optional[str], typer.Option(help="Owner's identity id.")] = None,
+        owner: Annotated[str | None, typer.Option(help="Owner's identity id.")] = None,
         purpose: Annotated[str, typer.Option(help="What it is for.")] = "",
-        expires: Annotated[Optional[str], typer.Option(
+        expires: Annotated[str | None, typer.Option(
             help="Expiry: RFC 3339 time or a duration (30d, 12h).")] = None,
-        attr: Annotated[Optional[list[str]], typer.Option(
+        attr: Annotated[list[str] | None, typer.Option(
             help="Attribute KEY=VALUE (VALUE may be JSON); repeatable.")] = None,
-        scope: Annotated[Optional[list[str]], typer.Option(
+        scope: Annotated[list[str] | None, typer.Option(
             help="Allowed scope; repeatable.")] = None,
-        audience: Annotated[Optional[list[str]], typer.Option(
+        audience: Annotated[list[str] | None, typer.Option(
             help="Allowed audience (resource URI); repeatable.")] = None,
-        token_ttl: Annotated[Optional[int], typer.Option(
+        token_ttl: Annotated[int | None, typer.Option(
             help="Access token lifetime in seconds (30-3600).")] = None,
         dpop_required: Annotated[bool, typer.Option(
             "--dpop-required", help="Issue only DPoP-bound tokens.")] = False,
-        may_act_for: Annotated[Optional[list[str]], typer.Option(
+        may_act_for: Annotated[list[str] | None, typer.Option(
             help="Identity id it may act for ('*' = any human); repeatable.")] = None,
         as_json: JsonOut = False) -> None:
     """Register a new identity."""
@@ -234,11 +234,11 @@ def _issue3_fields(token_ttl: int | None, dpop_required: bool | None,
 
 
 @identity_app.command("list")
-def identity_list(kind: Annotated[Optional[str], typer.Option()] = None,
-                  status: Annotated[Optional[str], typer.Option()] = None,
-                  owner: Annotated[Optional[str], typer.Option()] = None,
+def identity_list(kind: Annotated[str | None, typer.Option()] = None,
+                  status: Annotated[str | None, typer.Option()] = None,
+                  owner: Annotated[str | None, typer.Option()] = None,
                   limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
-                  cursor: Annotated[Optional[str], typer.Option()] = None,
+                  cursor: Annotated[str | None, typer.Option()] = None,
                   as_json: JsonOut = False) -> None:
     """List identities (filters: kind, status, owner)."""
     params = {k: v for k, v in {"kind": kind, "status": status, "owner": owner,
@@ -256,19 +256,19 @@ def identity_show(identity: str, as_json: JsonOut = False) -> None:
 @identity_app.command("update")
 def identity_update(
         identity: str,
-        purpose: Annotated[Optional[str], typer.Option()] = None,
-        expires: Annotated[Optional[str], typer.Option(help="RFC 3339 or 30d/12h.")] = None,
-        attr: Annotated[Optional[list[str]], typer.Option(
+        purpose: Annotated[str | None, typer.Option()] = None,
+        expires: Annotated[str | None, typer.Option(help="RFC 3339 or 30d/12h.")] = None,
+        attr: Annotated[list[str] | None, typer.Option(
             help="Replace attributes with these KEY=VALUE pairs.")] = None,
-        scope: Annotated[Optional[list[str]], typer.Option(help="Replace allowed scopes.")
+        scope: Annotated[list[str] | None, typer.Option(help="Replace allowed scopes.")
                          ] = None,
-        audience: Annotated[Optional[list[str]], typer.Option(
+        audience: Annotated[list[str] | None, typer.Option(
             help="Replace allowed audiences.")] = None,
-        token_ttl: Annotated[Optional[int], typer.Option(
+        token_ttl: Annotated[int | None, typer.Option(
             help="Access token lifetime in seconds (30-3600).")] = None,
-        dpop_required: Annotated[Optional[bool], typer.Option(
+        dpop_required: Annotated[bool | None, typer.Option(
             "--dpop-required/--no-dpop-required", help="Issue only DPoP-bound tokens.")] = None,
-        may_act_for: Annotated[Optional[list[str]], typer.Option(
+        may_act_for: Annotated[list[str] | None, typer.Option(
             help="Replace the identities it may act for ('*' = any human).")] = None,
         as_json: JsonOut = False) -> None:
     """Change an identity's purpose, expiry, attributes, scopes, audiences, token lifetime,
@@ -314,7 +314,7 @@ _status_command("decommission",
 def credential_add(identity: str,
                    jwk_file: Annotated[Path, typer.Argument(
                        help="File with the public JWK ('-' for standard input).")],
-                   expires: Annotated[Optional[str], typer.Option(
+                   expires: Annotated[str | None, typer.Option(
                        help="RFC 3339 or 30d/12h (default: the identity's expiry).")] = None,
                    as_json: JsonOut = False) -> None:
     """Register a public key (JWK) for an identity."""
@@ -351,10 +351,10 @@ AUDIT_COLUMNS = ["seq", "ts", "type", "outcome", "actor", "subject", "resource"]
 
 @audit_app.command("verify")
 def audit_verify(data_dir: DataDir = None,
-                 file: Annotated[Optional[Path], typer.Option(
+                 file: Annotated[Path | None, typer.Option(
                      "--file", help="Verify a JSON Lines export instead of the database.")
                                  ] = None,
-                 jwks: Annotated[Optional[Path], typer.Option(
+                 jwks: Annotated[Path | None, typer.Option(
                      help="Trusted JWKS file for the checkpoint signatures (default: the "
                           "database's keys, or the one inside the export).")] = None,
                  as_json: JsonOut = False) -> None:
@@ -376,7 +376,6 @@ def audit_verify(data_dir: DataDir = None,
             return
     else:
         from tessera.container import build
-
         from tessera.db import make_session_factory
 
         services = build(settings_for(data_dir))
@@ -409,14 +408,14 @@ def _db_jwks(services: Any) -> dict[str, Any] | None:
 
 @audit_app.command("search")
 def audit_search(
-        type: Annotated[Optional[str], typer.Option(help="Event type, or a prefix ending in *.")
+        type: Annotated[str | None, typer.Option(help="Event type, or a prefix ending in *.")
                         ] = None,
-        identity: Annotated[Optional[str], typer.Option(help="Actor or subject id.")] = None,
-        outcome: Annotated[Optional[str], typer.Option(help="success or failure.")] = None,
-        since: Annotated[Optional[str], typer.Option(help="RFC 3339 time, or 1h/2d ago.")
+        identity: Annotated[str | None, typer.Option(help="Actor or subject id.")] = None,
+        outcome: Annotated[str | None, typer.Option(help="success or failure.")] = None,
+        since: Annotated[str | None, typer.Option(help="RFC 3339 time, or 1h/2d ago.")
                          ] = None,
-        until: Annotated[Optional[str], typer.Option(help="RFC 3339 time.")] = None,
-        cursor: Annotated[Optional[str], typer.Option(help="Continue after this seq.")] = None,
+        until: Annotated[str | None, typer.Option(help="RFC 3339 time.")] = None,
+        cursor: Annotated[str | None, typer.Option(help="Continue after this seq.")] = None,
         limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
         follow: Annotated[bool, typer.Option("--follow", "-f",
                                              help="Keep printing new events as they come.")
@@ -430,7 +429,7 @@ def audit_search(
         if value and value[-1:] in "dhm" and value[:-1].isdigit():
             units = {"d": "days", "h": "hours", "m": "minutes"}
             delta = timedelta(**{units[value[-1]]: int(value[:-1])})
-            return (datetime.now(timezone.utc) - delta).isoformat()
+            return (datetime.now(UTC) - delta).isoformat()
         return value
 
     params: dict[str, Any] = {k: v for k, v in {
@@ -460,7 +459,7 @@ def audit_retain(before: Annotated[str, typer.Argument(
     """Remove old events up to a signed checkpoint; the chain still verifies (audited)."""
     if before[-1:] in ("d", "h") and before[:-1].isdigit():
         delta = timedelta(**{"days" if before[-1] == "d" else "hours": int(before[:-1])})
-        before = (datetime.now(timezone.utc) - delta).isoformat()
+        before = (datetime.now(UTC) - delta).isoformat()
     emit(run(lambda: Api(Settings()).call("POST", "/v1/audit/retention",
                                           json={"before": before})), as_json)
 
@@ -468,9 +467,9 @@ def audit_retain(before: Annotated[str, typer.Argument(
 @audit_app.command("list")
 def audit_list(after: Annotated[int, typer.Option(help="Start after this sequence.")] = 0,
                limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
-               type: Annotated[Optional[str], typer.Option(help="Event type.")] = None,
-               subject: Annotated[Optional[str], typer.Option(help="Identity id.")] = None,
-               outcome: Annotated[Optional[str], typer.Option()] = None,
+               type: Annotated[str | None, typer.Option(help="Event type.")] = None,
+               subject: Annotated[str | None, typer.Option(help="Identity id.")] = None,
+               outcome: Annotated[str | None, typer.Option()] = None,
                as_json: JsonOut = False) -> None:
     """List audit events (see also `audit search`)."""
     params = {k: v for k, v in {"after": after, "limit": limit, "type": type,
@@ -484,7 +483,7 @@ def audit_export(
         output: Annotated[Path, typer.Option("--output", "-o",
                                              help="JSON Lines file ('-' for standard output).")],
         data_dir: DataDir = None,
-        otlp: Annotated[Optional[str], typer.Option(
+        otlp: Annotated[str | None, typer.Option(
             help="Also send every event to this OTLP/HTTP endpoint (e.g. "
                  "http://127.0.0.1:4318).")] = None) -> None:
     """Export the whole log (signed checkpoint at the head first) from the database."""

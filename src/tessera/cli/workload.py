@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -54,12 +54,12 @@ def federation_add(
         name: str,
         issuer: Annotated[str, typer.Option(help="The tokens' iss (an https URL).")],
         audience: Annotated[list[str], typer.Option(help="Accepted aud; repeatable.")],
-        rule: Annotated[Optional[list[str]], typer.Option(
+        rule: Annotated[list[str] | None, typer.Option(
             help="Mapping rule 'CLAIM=VALUE[,CLAIM=VALUE]->[KIND/]IDENTITY' (templates "
                  "'{claim}' allowed) or JSON; repeatable.")] = None,
-        jwks_uri: Annotated[Optional[str], typer.Option(
+        jwks_uri: Annotated[str | None, typer.Option(
             help="JWKS URL (default: from the issuer's discovery document).")] = None,
-        jwks_file: Annotated[Optional[Path], typer.Option(
+        jwks_file: Annotated[Path | None, typer.Option(
             help="Static JWKS file instead of fetching.")] = None,
         as_json: JsonOut = False) -> None:
     """Register a trusted issuer (Kubernetes cluster, CI provider, cloud)."""
@@ -134,7 +134,7 @@ def ca_init(data_dir: DataDir = None,
 
 @ca_app.command("bundle")
 def ca_bundle(data_dir: DataDir = None,
-              out: Annotated[Optional[Path], typer.Option(help="Write to this file.")] = None,
+              out: Annotated[Path | None, typer.Option(help="Write to this file.")] = None,
               server: Annotated[bool, typer.Option(
                   help="Ask the running server instead of the local database.")] = False
               ) -> None:
@@ -164,8 +164,8 @@ def ca_bundle(data_dir: DataDir = None,
 @ca_app.command("issue")
 def ca_issue(identity: str,
              csr: Annotated[Path, typer.Option(help="PEM CSR file ('-' for stdin).")],
-             ttl: Annotated[Optional[int], typer.Option(help="Lifetime in seconds.")] = None,
-             out: Annotated[Optional[Path], typer.Option(
+             ttl: Annotated[int | None, typer.Option(help="Lifetime in seconds.")] = None,
+             out: Annotated[Path | None, typer.Option(
                  help="Write the certificate (and chain) here.")] = None,
              as_json: JsonOut = False) -> None:
     """Issue an X.509-SVID for an identity from its CSR (admin)."""
@@ -192,11 +192,11 @@ def ca_list(identity: str, as_json: JsonOut = False) -> None:
 @ca_app.command("server-cert")
 def ca_server_cert(
         data_dir: DataDir = None,
-        out_dir: Annotated[Optional[Path], typer.Option(
+        out_dir: Annotated[Path | None, typer.Option(
             help="Where to write server.pem, server-key.pem, ca-bundle.pem "
                  "(default: <data dir>/tls).")] = None,
-        dns: Annotated[Optional[list[str]], typer.Option(help="DNS name; repeatable.")] = None,
-        ip: Annotated[Optional[list[str]], typer.Option(help="IP address; repeatable.")] = None,
+        dns: Annotated[list[str] | None, typer.Option(help="DNS name; repeatable.")] = None,
+        ip: Annotated[list[str] | None, typer.Option(help="IP address; repeatable.")] = None,
         days: Annotated[int, typer.Option(min=1, max=90)] = 7) -> None:
     """Issue Tessera's own TLS certificate from its CA, for `tessera serve --tls-*`."""
     from cryptography.hazmat.primitives import serialization

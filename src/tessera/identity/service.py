@@ -21,12 +21,18 @@ from tessera.audit import events as ev
 from tessera.clock import Clock
 from tessera.db.invalidation import USAGE_STAMP
 from tessera.errors import Conflict, NotFound, ValidationFailed
-from tessera.ids import new_id
-from tessera.text import identifier
 from tessera.identity.jwk_policy import validate_public_jwk
 from tessera.identity.models import CredentialRow, GrantRow, IdentityRow, KeyClaimRow
-from tessera.identity.schemas import (SCOPE_TOKEN, CredentialCreate, CredentialRead,
-                                      IdentityCreate, IdentityRead, IdentityUpdate)
+from tessera.identity.schemas import (
+    SCOPE_TOKEN,
+    CredentialCreate,
+    CredentialRead,
+    IdentityCreate,
+    IdentityRead,
+    IdentityUpdate,
+)
+from tessera.ids import new_id
+from tessera.text import identifier
 
 ADMIN_ROLE = "admin"
 MAX_ATTRIBUTES_BYTES = 16 * 1024

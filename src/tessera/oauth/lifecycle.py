@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from joserfc.errors import JoseError
 from joserfc.jws import extract_compact
-from sqlalchemy import or_, delete, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.audit import AuditService, RequestContext
@@ -33,7 +33,6 @@ from tessera.config import TokenSettings
 from tessera.errors import InvalidGrant, InvalidRequest, OAuthError, WouldBlock
 from tessera.identity import IdentityService
 from tessera.keys.service import KeyService
-from tessera.sealing import SecretBox
 from tessera.oauth import rfc6749_refresh as rt
 from tessera.oauth import rfc7009_revocation as rev
 from tessera.oauth import rfc7662_introspection as intro
@@ -45,9 +44,8 @@ from tessera.oauth.models import (
     RevokedTokenRow,
     TokenFamilyRow,
 )
-from tessera.oauth.ports import Client, ReplayCache
 from tessera.oauth.nonces import load_nonce_secret
-from tessera.oauth.status import check_active
+from tessera.oauth.ports import Client, ReplayCache
 from tessera.oauth.rfc9449_dpop import DPoPProof, DPoPVerifier, HMACNonces, InvalidDPoPProof
 from tessera.oauth.service import (
     SqlClients,
@@ -55,6 +53,8 @@ from tessera.oauth.service import (
     TokenResponse,
     TokenService,
 )
+from tessera.oauth.status import check_active
+from tessera.sealing import SecretBox
 
 OFFLINE_ACCESS = "offline_access"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -19,8 +19,8 @@ from joserfc.errors import JoseError
 from joserfc.jwk import JWKRegistry, Key
 
 from tessera.errors import InvalidClient
-from tessera.jwt_peek import MalformedJWT, PeekedJWS, peek_compact, valid_jti
 from tessera.identity.jwk_policy import algorithms_for
+from tessera.jwt_peek import MalformedJWT, PeekedJWS, peek_compact, valid_jti
 from tessera.oauth.ports import Client, ClientKey, ClientStore, ReplayCache
 from tessera.text import identifier
 
@@ -192,6 +192,6 @@ class ClientAssertionVerifier:
         if not valid_jti(jti):
             raise AssertionRejected("missing or invalid jti", client_id)
         # RFC 7523 §3 item 7: a jti is single-use until the assertion expires.
-        expires = datetime.fromtimestamp(exp + self._leeway, timezone.utc)
+        expires = datetime.fromtimestamp(exp + self._leeway, UTC)
         if not self._replay.use_once(client_id, jti, expires):
             raise AssertionRejected("jti replayed", client_id)

@@ -18,19 +18,22 @@ from tessera.audit import events as ev
 from tessera.audit.groupcommit import WriteUnit
 from tessera.clock import Clock
 from tessera.config import TokenSettings
+from tessera.db.engine import make_session_factory
 from tessera.errors import InvalidRequest, OAuthError, WouldBlock
 from tessera.identity import IdentityService
-from tessera.db.engine import make_session_factory
 from tessera.identity.schemas import SCOPE_TOKEN
 from tessera.identity.service import ClientView
 from tessera.keys.service import KeyService
-from tessera.oauth import rfc9068_access_token as at
-from tessera.oauth.models import UsedJTIRow
 from tessera.oauth import deferred
+from tessera.oauth import rfc9068_access_token as at
 from tessera.oauth.deferred import HOOK_REV, HOOK_SQL, ClientCache, DeferredReplay, StaleClient
+from tessera.oauth.models import UsedJTIRow
 from tessera.oauth.ports import Client, ClientKey, ClientStore, ReplayCache
-from tessera.oauth.rfc7523_client_assertion import (AssertionRejected, AuthenticatedClient,
-                                                    ClientAssertionVerifier)
+from tessera.oauth.rfc7523_client_assertion import (
+    AssertionRejected,
+    AuthenticatedClient,
+    ClientAssertionVerifier,
+)
 
 _SCOPE_RE = re.compile(SCOPE_TOKEN)
 

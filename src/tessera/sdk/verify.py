@@ -108,7 +108,7 @@ class MemoryReplayCache:
 def _norm_url(url: str) -> str:
     parts = urlsplit(url)
     scheme, host, port = parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
-    if port is not None and not ((scheme, port) in (("https", 443), ("http", 80))):
+    if port is not None and (scheme, port) not in (("https", 443), ("http", 80)):
         host = f"{host}:{port}"
     return f"{scheme}://{host}{parts.path or '/'}"
 

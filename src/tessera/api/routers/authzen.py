@@ -17,8 +17,8 @@ from tessera.api.deps import (
     DbSession,
     PDPCaller,
     ServicesDep,
-    pdp_caller_in_session,
     pdp_caller_async,
+    pdp_caller_in_session,
     request_context,
 )
 from tessera.api.errors import problem

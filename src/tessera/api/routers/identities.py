@@ -7,9 +7,17 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query, Request
 
 from tessera.api.deps import AdminSubject, DbSession, ServicesDep, request_context
-from tessera.identity.schemas import (CredentialCreate, CredentialRead, IdentityCreate,
-                                      IdentityRead, IdentityUpdate, Kind, Page, Status,
-                                      StatusChange)
+from tessera.identity.schemas import (
+    CredentialCreate,
+    CredentialRead,
+    IdentityCreate,
+    IdentityRead,
+    IdentityUpdate,
+    Kind,
+    Page,
+    Status,
+    StatusChange,
+)
 
 router = APIRouter(prefix="/v1/identities", tags=["identities"])
 

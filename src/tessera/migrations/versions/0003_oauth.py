@@ -4,9 +4,8 @@ Revision ID: 0003_oauth
 Revises: 0001_core
 Create Date: 2026-11-28 15:44:23.534149
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0003_oauth'
 down_revision = '0001_core'

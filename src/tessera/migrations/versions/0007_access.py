@@ -4,9 +4,8 @@ Revision ID: 0007_access
 Revises: 0001_core
 Create Date: 2026-11-28 15:47:14.447071
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0007_access'
 down_revision = '0001_core'

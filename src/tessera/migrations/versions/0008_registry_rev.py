@@ -11,9 +11,8 @@ an operator with psql). The usage stamps `identities.last_seen_at` and
 `credentials.last_used_at` are left out on purpose: they are written on the token path and
 change nothing a token depends on.
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0008_registry_rev'
 down_revision = '0003_oauth'

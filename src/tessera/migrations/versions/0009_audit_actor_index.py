@@ -10,9 +10,8 @@ log) is found there through the subject index already, so the actor index now le
 events out: one index insert fewer per token on the audit write path. The search states the
 index's condition (`actor IS DISTINCT FROM subject`), so both databases still use the index.
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0009_audit_actor_index'
 down_revision = '0006_audit_monitor'

@@ -15,7 +15,6 @@ from importlib import import_module
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = '0011_identity_suspended_at'
 down_revision = '0008_registry_rev'
 branch_labels = None
