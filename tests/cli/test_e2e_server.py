@@ -9,8 +9,9 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +26,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_until_serving(url: str, proc: subprocess.Popen[Any], output: Callable[[], str],
+                       timeout: float = 30) -> None:
+    """Poll `url`/healthz until the server answers; fail with its output if it exits or
+    does not answer within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"server did not start: {output()}")
+        time.sleep(0.1)
 
 
 def env_for(data_dir: Path, port: int | None = None) -> dict[str, str]:
@@ -54,16 +71,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not start: {proc.stdout.read()}")  # type: ignore[union-attr]
-            time.sleep(0.1)
+        wait_until_serving(url, proc, lambda: proc.stdout.read())  # type: ignore[union-attr]
         yield url, env, data
     finally:
         proc.terminate()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.cli.test_e2e_server import TESSERA, cli, env_for, free_port
+from tests.cli.test_e2e_server import TESSERA, cli, env_for, free_port, wait_until_serving
 
 from tessera import serving
 
@@ -52,16 +52,8 @@ def _start(tmp: Path, workers: int) -> Iterator[Server]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     server = Server(port, proc, env)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not start: {proc.stdout.read()}")  # type: ignore[union-attr]
-            time.sleep(0.1)
+        wait_until_serving(server.url, proc,
+                           lambda: proc.stdout.read())  # type: ignore[union-attr]
         yield server
     finally:
         proc.terminate()

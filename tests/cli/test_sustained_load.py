@@ -27,7 +27,7 @@ import httpx
 import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey
-from tests.cli.test_e2e_server import TESSERA, cli, env_for, free_port
+from tests.cli.test_e2e_server import TESSERA, cli, env_for, free_port, wait_until_serving
 
 REQUESTS = int(os.environ.get("TESSERA_LOAD_REQUESTS", "25000"))
 CONNECTIONS = 16
@@ -55,17 +55,7 @@ def load_server(request: pytest.FixtureRequest, tmp_path: Path
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("server did not start: "
-                                     + (tmp_path / "server.log").read_text())
-            time.sleep(0.1)
+        wait_until_serving(url, proc, (tmp_path / "server.log").read_text)
         yield url, data, request.param
     finally:
         proc.terminate()
