@@ -502,6 +502,14 @@ class IdentityService:
             CredentialRow.identity_id == identity_id,
             CredentialRow.revoked_at >= since).limit(1)).first() is not None
 
+    @staticmethod
+    def revisions(session: Session, identity_ids: list[str]) -> list[tuple[str, int]]:
+        """(id, rev) of each of these identities that exists. `rev` moves with any change to
+        an identity or its credentials, so a cached decision can tell that it went stale."""
+        rows = session.execute(select(IdentityRow.id, IdentityRow.rev)
+                               .where(IdentityRow.id.in_(identity_ids))).all()
+        return [(str(r[0]), int(r[1])) for r in rows]
+
     def touch_statements(self, client: ClientView, key: KeyView
                          ) -> list[tuple[Any, dict[str, Any]]]:
         """Record use: the usage-stamp updates due now (at most one a minute per row, to keep

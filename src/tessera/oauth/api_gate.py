@@ -27,13 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tessera.ca.svid import x5t_s256
 from tessera.errors import OAuthError
 from tessera.identity import IdentityService
-from tessera.identity.models import IdentityRow
 from tessera.oauth import rfc9068_access_token as at
 from tessera.oauth.rfc9449_dpop import UseDPoPNonce
 from tessera.oauth.service import SqlReplayCache
@@ -150,10 +148,7 @@ class ApiGate:
     def revisions(session: Session, claims: dict[str, Any]) -> list[tuple[str, int]]:
         """(identity id, rev) of every party behind the token: what a cached check relied on
         (`identities.rev` moves with any change to an identity or its credentials)."""
-        ids = parties(claims)
-        rows = session.execute(select(IdentityRow.id, IdentityRow.rev)
-                               .where(IdentityRow.id.in_(ids))).all()
-        return [(str(r[0]), int(r[1])) for r in rows]
+        return IdentityService.revisions(session, parties(claims))
 
 
 __all__ = ["ApiCredentialRejected", "ApiGate", "Presented", "parties"]

@@ -6,12 +6,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import anyio.to_thread
 from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
 
 from tessera.audit import AuditService, RequestContext
 from tessera.audit import events as ev
@@ -36,6 +37,14 @@ from tessera.oauth.rfc7523_client_assertion import (
 )
 
 _SCOPE_RE = re.compile(SCOPE_TOKEN)
+
+_T = TypeVar("_T")
+
+
+async def _in_thread(func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """Run blocking work on a worker thread. The same thread pool and limiter the web
+    framework's helper uses, called through anyio directly so the domain stays free of it."""
+    return await anyio.to_thread.run_sync(partial(func, *args, **kwargs))
 
 
 def client_from_view(view: ClientView, now: datetime) -> Client:
@@ -292,26 +301,26 @@ class TokenService:
         try:
             response = self._dispatch(req)
         except WouldBlock:
-            return await run_in_threadpool(self.handle, form, resources, ctx, **transport)
+            return await _in_thread(self.handle, form, resources, ctx, **transport)
         except OAuthError as refusal:
             if req.cached:  # it may rest on a stale view: `handle` re-checks the database
-                return await run_in_threadpool(self.handle, form, resources, ctx,
+                return await _in_thread(self.handle, form, resources, ctx,
                                                fresh_first=True, **transport)
             # Refused before any client was looked up (malformed request or assertion): the
             # database cannot change the answer, so it is only audited, not worked out again.
-            await run_in_threadpool(self.refuse, refusal, form, ctx)
+            await _in_thread(self.refuse, refusal, form, ctx)
             raise
         future = self._audit.submit_unit(req.unit)
         if future is None:
-            return await run_in_threadpool(self.handle, form, resources, ctx, **transport)
+            return await _in_thread(self.handle, form, resources, ctx, **transport)
         try:
             await future
         except StaleClient as stale:
             if self.clients is not None:
                 self.clients.evict(stale.client_id)
-            return await run_in_threadpool(self.handle, form, resources, ctx, **transport)
+            return await _in_thread(self.handle, form, resources, ctx, **transport)
         except OAuthError as failure:  # a replayed jti, found at commit
-            await run_in_threadpool(self.refuse, failure, form, ctx)
+            await _in_thread(self.refuse, failure, form, ctx)
             raise
         return response
 
