@@ -305,7 +305,7 @@ class TokenService:
         except OAuthError as refusal:
             if req.cached:  # it may rest on a stale view: `handle` re-checks the database
                 return await _in_thread(self.handle, form, resources, ctx,
-                                               fresh_first=True, **transport)
+                                        fresh_first=True, **transport)
             # Refused before any client was looked up (malformed request or assertion): the
             # database cannot change the answer, so it is only audited, not worked out again.
             await _in_thread(self.refuse, refusal, form, ctx)
