@@ -63,10 +63,11 @@ class Services:
     federation: FederationService
     lifecycle: TokenLifecycle
     key_rotation: KeyRotation
+    # The one check of a presented access token (`tessera.api.deps.authenticate`).
+    gate: ApiGate
     monitor: MonitorService | None = None
     caep: CaepService | None = None
     callers: CallerCache | None = None
-    gate: ApiGate | None = None
 
     def close(self) -> None:
         self.audit.close()

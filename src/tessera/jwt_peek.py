@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import binascii
 from collections.abc import Collection
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 import orjson
 
@@ -116,7 +116,7 @@ def peek_compact(token: str, allowed_algs: Collection[str]) -> PeekedJWS:
     return PeekedJWS(header, claims, signing_input, signature)
 
 
-def valid_jti(value: object) -> bool:
+def valid_jti(value: object) -> TypeGuard[str]:
     """A `jti` the replay cache can store: 1-200 characters, no NUL, no lone surrogate. The
     cache is written in the audit committer's batch, where a value PostgreSQL's text cannot
     hold (a NUL) or nothing can encode (a lone surrogate) would fail every request of it."""

@@ -10,6 +10,7 @@ error on SQLite and PostgreSQL alike.
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 # C0 controls and DEL: no identifier, name, filter or key id of ours contains one.
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -28,7 +29,7 @@ def storable(value: str) -> bool:
     return True
 
 
-def identifier(value: object, max_length: int = 200) -> bool:
+def identifier(value: object, max_length: int = 200) -> TypeGuard[str]:
     """A string that can name a row or a key: 1 to `max_length` characters, no control
     character, storable. What fails this cannot exist, so a lookup by it finds nothing."""
     return isinstance(value, str) and 0 < len(value) <= max_length \

@@ -317,7 +317,9 @@ class ApprovalService:
         if code is not None or row is None:
             self._audit.record(session, ev.APPROVAL_REFERENCE_REFUSED, outcome="failure",
                                actor=actor, subject=request.principal, action=request.action,
-                               resource=request.resource, ctx=ctx, reasons=[code],
+                               resource=request.resource, ctx=ctx,
+                               # (code is None only when row is, and no row is an unknown one)
+                               reasons=[code or "unknown_reference"],
                                data={"approval": row.id if row else None})
             raise Refused("the approval reference is not valid for this request",
                           code="approval_invalid")

@@ -8,6 +8,7 @@ HMAC-SHA256 under the webhook's secret of `<t>.<body>`; receivers recompute it a
 
 from __future__ import annotations
 
+import builtins
 import fnmatch
 import hashlib
 import hmac
@@ -79,6 +80,7 @@ class WebhookService:
                            data={"url": row.url, "owner": row.owner_id, "events": row.events})
         return row, secret
 
+    # (The annotations below this method say `builtins.list`: in the class body, `list` is it.)
     def list(self, session: Session) -> list[WebhookRow]:
         return list(session.scalars(select(WebhookRow).order_by(WebhookRow.id)))
 
@@ -102,7 +104,7 @@ class WebhookService:
             count += 1
         return count
 
-    def due(self, session: Session, limit: int = 100) -> list[str]:
+    def due(self, session: Session, limit: int = 100) -> builtins.list[str]:
         now = self._clock.now()
         return list(session.scalars(select(WebhookDeliveryRow.id).where(
             WebhookDeliveryRow.status == "pending", WebhookDeliveryRow.next_attempt_at <= now)

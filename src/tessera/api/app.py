@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -89,11 +89,14 @@ def access_jobs(services: Services) -> list[Job]:
     def deliver_webhooks() -> None:
         services.webhooks.deliver_due(services.sessions)
 
-    common = {"engine": services.engine, "sessions": services.sessions,
-              "clock": services.clock, "node_id": services.settings.node_id}
-    return [exclusive_job("access-expiry", 30.0, expire_access, **common),
-            exclusive_job("secret-leases", 15.0, end_leases, **common),
-            exclusive_job("webhook-deliveries", 10.0, deliver_webhooks, **common)]
+    def exclusive(name: str, interval: float, run: Callable[[], object]) -> Job:
+        return exclusive_job(name, interval, run, engine=services.engine,
+                             sessions=services.sessions, clock=services.clock,
+                             node_id=services.settings.node_id)
+
+    return [exclusive("access-expiry", 30.0, expire_access),
+            exclusive("secret-leases", 15.0, end_leases),
+            exclusive("webhook-deliveries", 10.0, deliver_webhooks)]
 
 
 class TesseraAPI(FastAPI):

@@ -197,9 +197,9 @@ class InputGuardMiddleware:
                 parsed = json.loads(body)
             except ValueError:
                 parsed = None  # the route answers malformed JSON itself
-            loc = unstorable_at(parsed)
-            if loc is not None:
-                await self._invalid(send, ["body", *(str(p) for p in loc)])
+            at = unstorable_at(parsed)
+            if at is not None:
+                await self._invalid(send, ["body", *(str(p) for p in at)])
                 return
 
         async def replay() -> Message:

@@ -249,12 +249,12 @@ def verify_chain(records: Iterable[dict[str, Any]], *, head: tuple[int, str] | N
         verified += 1
         if cp.seq <= base_seq:
             continue
-        r = present.get(cp.seq)
-        if r is None:
+        covered = present.get(cp.seq)
+        if covered is None:
             if not any(p["seq"] <= cp.seq and p["problem"] == "deleted" for p in problems):
                 report(cp.seq, "deleted", f"event {cp.seq}, covered by a signed checkpoint, "
                                           "is missing")
-        elif r.hash != cp.hash:
+        elif covered.hash != cp.hash:
             report(cp.seq, "modified", f"event {cp.seq}'s hash differs from the signed "
                                        "checkpoint: the chain was rewritten")
     problems.sort(key=lambda p: (p["seq"], p["problem"]))

@@ -36,9 +36,9 @@ def export_lines(session: Session, clock: Clock, jwks: dict[str, Any]) -> Iterat
             yield _cp_line(cp)
     for rec in AuditService.iter_rows(session, after=base[0]):
         yield json.dumps({"kind": "event", **rec}, separators=(",", ":"), ensure_ascii=False)
-        cp = cps.get(rec["seq"])
-        if cp is not None:
-            yield _cp_line(cp)
+        signed = cps.get(rec["seq"])
+        if signed is not None:
+            yield _cp_line(signed)
 
 
 def _cp_line(cp: Checkpoint) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import BigInteger, bindparam, delete, event, func, insert, select, text, update
+from sqlalchemy import BigInteger, Row, bindparam, delete, event, func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.audit import events as ev
@@ -127,7 +127,9 @@ _EVENT_COLUMNS = [c.name for c in AuditEventRow.__table__.columns]
 _TEXT_COLUMNS = [c.name for c in AuditEventRow.__table__.columns if is_string(c.type)]
 _EVENT_ROWS = JsonbRows(AuditEventRow.__table__, _EVENT_COLUMNS)
 _ZERO = timedelta(0)
-_LIMITS = {c.name: c.type.length for c in AuditEventRow.__table__.columns if is_string(c.type)}
+# (a TypeDecorator hands `length` on to the String type it decorates)
+_LIMITS = {c.name: getattr(c.type, "length")
+           for c in AuditEventRow.__table__.columns if is_string(c.type)}
 
 
 def _append_statement() -> FastStatement:
@@ -184,7 +186,8 @@ class EventQuery:
     request_id: str | None = None
 
 
-def row_dict(row: AuditEventRow) -> dict[str, Any]:
+def row_dict(row: AuditEventRow | Row[*tuple[Any, ...]]) -> dict[str, Any]:
+    """An event as the chain hashes it, from its ORM object or a Core row of its table."""
     out = hashed_part({name: getattr(row, name) for name in
                        ("seq", "id", "ts", "type", "actor", "subject", "action", "resource",
                         "outcome", "reasons", "request_id", "source", "node_id", "data")})
@@ -407,7 +410,9 @@ class AuditService:
         # Core statements, not ORM objects: this is on every token's and decision's path.
         ((seq, prev),) = (head or _LOCK_HEAD.send(session)).rows()
         first = seq
-        written, rows = [], []
+        written: list[dict[str, Any]] = []
+        rows: list[dict[str, Any]] = []  # SQLite: one dict per event, for `run_many`
+        pg_rows: list[list[Any]] = []  # PostgreSQL: one list per event, for `JsonbRows`
         pg = session.get_bind().dialect.name == "postgresql"
         for evt in events:
             if evt["ts"].utcoffset() != _ZERO:  # `ts_text` (hashed, and stored) writes UTC
@@ -428,7 +433,7 @@ class AuditService:
                    "data": data_json, "reasons": canonical_text(out["reasons"])}
             if pg:  # (the jsonb parameter refuses what is not text in a text column)
                 row["ts"] = out["ts"]
-                rows.append([row[name] for name in _EVENT_COLUMNS])
+                pg_rows.append([row[name] for name in _EVENT_COLUMNS])
             else:
                 for name in _TEXT_COLUMNS:  # stored, it must read back as what was hashed
                     if row[name] is not None and type(row[name]) is not str:
@@ -438,7 +443,7 @@ class AuditService:
             written.append(out)
             prev = digest
         if pg:
-            _APPEND_PG.run(session, {"rows": _EVENT_ROWS.param(rows), "new_seq": seq,
+            _APPEND_PG.run(session, {"rows": _EVENT_ROWS.param(pg_rows), "new_seq": seq,
                                      "new_hash": prev})
         else:
             _INSERT_EVENTS.run_many(session, rows)
@@ -446,11 +451,11 @@ class AuditService:
         every = self.options.checkpoint_every
         if self._signer is not None and every > 0 and first // every != seq // every:
             try:
-                row = self._signed_checkpoint(seq, prev)
+                checkpoint = self._signed_checkpoint(seq, prev)
             except Exception:  # the key (an HSM, say) failed: the batch commits unsigned
                 log.warning("audit checkpoint at %s not signed", seq, exc_info=True)
             else:
-                self._write_checkpoint(session, row)
+                self._write_checkpoint(session, checkpoint)
         return written
 
     @staticmethod

@@ -212,7 +212,7 @@ def search(kind: str, snap: Snapshot, body: dict[str, Any], source: str | None,
     offset, limit = _page(body)
     ctx = context(body.get("context"))
     make: Callable[[str], EvalRequest]
-    candidates: list[Any]
+    candidates: list[str]  # action names, or the ids of the candidate entities
     if kind == "action":
         stype, sid, sprops = entity(body["subject"], "subject")
         rtype, rid, rprops = entity(body["resource"], "resource")
@@ -224,8 +224,8 @@ def search(kind: str, snap: Snapshot, body: dict[str, Any], source: str | None,
         def make(name: str) -> EvalRequest:
             return EvalRequest((st, sid or ""), (ACTION_TYPE, name), (rt, rid or ""), dict(ctx),
                                sprops, rprops, None, source)
-        def render(name: Any) -> dict[str, Any]:
-            return {"name": name}
+        def render(key: Any) -> dict[str, Any]:
+            return {"name": key}
     else:
         other = "resource" if kind == "subject" else "subject"
         ktype, _ignored, kprops = entity(body[kind], kind, need_id=False)
@@ -234,7 +234,7 @@ def search(kind: str, snap: Snapshot, body: dict[str, Any], source: str | None,
         kt, ot = snap.resolve_type(ktype, None), snap.resolve_type(otype, oid)
         if kt is None or ot is None:
             return {"results": [], "page": {"next_token": "", "count": 0, "total": 0}}
-        candidates = snap.candidates(kt)
+        candidates = [uid[1] for uid in snap.candidates(kt)]
 
         def make(cid: str) -> EvalRequest:
             if kind == "subject":
@@ -242,14 +242,13 @@ def search(kind: str, snap: Snapshot, body: dict[str, Any], source: str | None,
                                    kprops, oprops, aprops, source)
             return EvalRequest((ot, oid or ""), (ACTION_TYPE, aname), (kt, cid), dict(ctx),
                                oprops, kprops, aprops, source)
-        def render(uid: Any) -> dict[str, Any]:
-            return {"type": ktype, "id": uid}
+        def render(key: Any) -> dict[str, Any]:
+            return {"type": ktype, "id": key}
     truncated = len(candidates) > MAX_SEARCH_CANDIDATES
     permitted: list[Any] = []
     for cand in candidates[:MAX_SEARCH_CANDIDATES]:
-        key = cand if kind == "action" else cand[1]
-        if snap.evaluate(make(key), now).allowed:
-            permitted.append(key)
+        if snap.evaluate(make(cand), now).allowed:
+            permitted.append(cand)
     page_items = permitted[offset:offset + limit]
     nxt = offset + limit if offset + limit < len(permitted) else None
     page: dict[str, Any] = {"next_token": _token(nxt) if nxt is not None else "",

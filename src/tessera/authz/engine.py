@@ -314,9 +314,9 @@ class Snapshot:
             uid = stack.pop()
             if uid in out:
                 continue
-            ent = self.find(uid)
-            if ent is None:
-                ent = {"uid": {"type": uid[0], "id": uid[1]}, "attrs": {}, "parents": []}
+            known = self.find(uid)
+            ent = known if known is not None else {
+                "uid": {"type": uid[0], "id": uid[1]}, "attrs": {}, "parents": []}
             out[uid] = ent
             stack.extend((p["type"], p["id"]) for p in ent.get("parents", ()))
         return json.dumps(list(out.values()))

@@ -418,13 +418,15 @@ class AuthzService:
     # -- catalog and imported entities -----------------------------------------------------
 
     @staticmethod
-    def _check_uid(type_name: Any, eid: Any) -> None:
+    def _check_uid(type_name: Any, eid: Any) -> tuple[str, str]:
+        """The uid's (type, id), once both are known to be acceptable."""
         if not isinstance(type_name, str) or not TYPE_RE.match(type_name) or \
                 len(type_name) > 128:
             raise ValidationFailed("an entity type must be a Cedar name such as Dataset",
                                    code="invalid_entity_type")
         if not isinstance(eid, str) or not 0 < len(eid) <= 256:
             raise ValidationFailed("an entity id must be a string of 1 to 256 characters")
+        return type_name, eid
 
     @staticmethod
     def _check_catalog_attrs(attrs: Mapping[str, Any]) -> None:
@@ -444,8 +446,7 @@ class AuthzService:
         uid = entity.get("uid")
         if not isinstance(uid, dict):
             raise ValidationFailed("each entity needs a uid {type, id}")
-        type_name, eid = uid.get("type"), uid.get("id")
-        self._check_uid(type_name, eid)
+        type_name, eid = self._check_uid(uid.get("type"), uid.get("id"))
         if type_name == ACTION_TYPE and source == "catalog":
             raise ValidationFailed("actions are imported through /v1/entities")
         attrs = entity.get("attrs", {}) or {}
@@ -459,8 +460,8 @@ class AuthzService:
         if source == "catalog":
             self._check_catalog_attrs(attrs)
         clean = cedar_record(attrs)
-        doc = {"uid": {"type": type_name, "id": eid}, "attrs": clean,
-               "parents": [{"type": p["type"], "id": p["id"]} for p in parents]}
+        doc: dict[str, Any] = {"uid": {"type": type_name, "id": eid}, "attrs": clean,
+                               "parents": [{"type": p["type"], "id": p["id"]} for p in parents]}
         try:
             cedarpy.Entities.from_json_str(json.dumps([doc]))
         except ValueError as exc:

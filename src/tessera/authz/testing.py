@@ -139,7 +139,7 @@ def run_file(path: Path, policies: Any) -> list[CaseResult]:
         expect = dict(case.get("expect") or {})
         try:
             req = case["request"]
-            env = dict(req.get("env") or {})
+            env: dict[str, Any] = dict(req.get("env") or {})
             snap = _source(policies, shared + list(case.get("entities") or []),
                            int(env.get("risk", env.get("risk_score", 0))))
             action = req["action"]

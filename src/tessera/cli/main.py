@@ -401,7 +401,7 @@ def audit_verify(data_dir: DataDir = None,
 
 def _db_jwks(services: Any) -> dict[str, Any] | None:
     try:
-        return services.keys.jwks()  # type: ignore[no-any-return]
+        return services.keys.jwks()
     except Exception:  # noqa: BLE001 - no key: checkpoints will be reported as unverifiable
         return None
 

@@ -121,7 +121,9 @@ class FastStatement:
             pool = fairy.info[_CURSORS] = {}
         cur = pool.pop(self, None)
         if cur is None:
-            cur = fairy.driver_connection.cursor()
+            driver = fairy.driver_connection
+            assert driver is not None  # a checked-out connection always has its driver's
+            cur = driver.cursor()
         return compiled, cur, pool
 
     def send(self, session: Session, params: dict[str, Any] | None = None) -> Sent:

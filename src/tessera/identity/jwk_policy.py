@@ -15,7 +15,8 @@ PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 ALLOWED = {("EC", "P-256"), ("EC", "P-384"), ("EC", "P-521"), ("OKP", "Ed25519"), ("RSA", None)}
 MIN_RSA_BITS = 2048
 # Algorithms a client assertion may use, by key type: asymmetric only (no HS*, no none).
-ALGS_BY_KTY = {
+# Keyed by (kty, crv) as a JWK holds them, so looked up with members of any JSON type.
+ALGS_BY_KTY: dict[tuple[object, object], tuple[str, ...]] = {
     ("EC", "P-256"): ("ES256",), ("EC", "P-384"): ("ES384",), ("EC", "P-521"): ("ES512",),
     ("OKP", "Ed25519"): ("EdDSA", "Ed25519"),
     ("RSA", None): ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"),

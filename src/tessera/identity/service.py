@@ -5,6 +5,7 @@ Services never commit; the caller (API, CLI, job) owns the transaction, and audi
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 from collections.abc import Callable
@@ -179,6 +180,7 @@ class IdentityService:
         return session.get(IdentityRow, identity_id) if identifier(identity_id, NAME_MAX) \
             else None
 
+    # (The annotations below this method say `builtins.list`: in the class body, `list` is it.)
     def list(self, session: Session, *, kind: str | None = None, status: str | None = None,
              owner: str | None = None, limit: int = 50,
              cursor: str | None = None) -> tuple[list[IdentityRow], str | None]:
@@ -195,7 +197,7 @@ class IdentityService:
         next_cursor = rows[limit - 1].id if len(rows) > limit else None
         return rows[:limit], next_cursor
 
-    def roles(self, session: Session, identity_id: str) -> list[str]:
+    def roles(self, session: Session, identity_id: str) -> builtins.list[str]:
         now = self._clock.now()
         return sorted(set(session.scalars(select(GrantRow.role).where(
             GrantRow.identity_id == identity_id,
@@ -242,7 +244,8 @@ class IdentityService:
                 code="expiry_too_far")
 
     @staticmethod
-    def _check_lists(scopes: list[str] | None, audiences: list[str] | None) -> None:
+    def _check_lists(scopes: builtins.list[str] | None,
+                     audiences: builtins.list[str] | None) -> None:
         for s in scopes or []:
             if not re.match(SCOPE_TOKEN, s):
                 raise ValidationFailed(f"invalid scope token {s!r}")
@@ -446,7 +449,7 @@ class IdentityService:
                                                                    "thumbprint": thumb})
         return cred
 
-    def credentials(self, session: Session, identity_id: str) -> list[CredentialRow]:
+    def credentials(self, session: Session, identity_id: str) -> builtins.list[CredentialRow]:
         row = self.get(session, identity_id)
         return list(session.scalars(select(CredentialRow).where(
             CredentialRow.identity_id == row.id).order_by(CredentialRow.id)))
@@ -465,7 +468,7 @@ class IdentityService:
         return cred
 
     def usable_credentials(self, session: Session, identity_id: str,
-                           kid: str | None) -> list[CredentialRow]:
+                           kid: str | None) -> builtins.list[CredentialRow]:
         """Active, unexpired credentials of an identity (one kid, or all when kid is None)."""
         now = self._clock.now()
         q = select(CredentialRow).where(
@@ -511,7 +514,7 @@ class IdentityService:
         return [(str(r[0]), int(r[1])) for r in rows]
 
     def touch_statements(self, client: ClientView, key: KeyView
-                         ) -> list[tuple[Any, dict[str, Any]]]:
+                         ) -> builtins.list[tuple[Any, dict[str, Any]]]:
         """Record use: the usage-stamp updates due now (at most one a minute per row, to keep
         the hot path light), as statements to run in whichever transaction commits the token.
         The views are stamped at once, so concurrent requests on a cached view do not repeat

@@ -40,7 +40,8 @@ CURSOR = "monitor"
 RESPONSE_KINDS = ("notify", "require_approval", "suspend")
 TokenRevoker = Callable[[Session, str], int]
 # (session, events): sees every event the monitor consumes, before the monitor does.
-EventHook = Callable[[Session, list[StreamEvent]], None]
+# Whatever it returns is ignored.
+EventHook = Callable[[Session, list[StreamEvent]], object]
 # (session, owner id or None, notice): tells the identity's owner about a response.
 OwnerNotifier = Callable[[Session, str | None, dict[str, Any]], None]
 NOTIFYING = ("notify", "suspend")  # the responses the owner is told about
@@ -206,6 +207,7 @@ class MonitorService:
             overridden: set[str] = set()
             for record, e in seen:
                 if record.type in _RISK_OVERRIDES and self._replay_override(record):
+                    assert record.subject  # (`_replay_override` replays only for a subject)
                     overridden.add(record.subject)
                 if e is not None:
                     alerts.extend(self.monitor.observe(e))

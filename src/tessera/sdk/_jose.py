@@ -14,8 +14,10 @@ from joserfc.jwk import ECKey, JWKRegistry, OKPKey, RSAKey
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
-ALGS_BY_KEY = {("EC", "P-256"): "ES256", ("EC", "P-384"): "ES384", ("EC", "P-521"): "ES512",
-               ("OKP", "Ed25519"): "EdDSA", ("RSA", None): "PS256"}
+# Keyed by (kty, crv) as a JWK holds them, so looked up with members of any JSON type.
+ALGS_BY_KEY: dict[tuple[object, object], str] = {
+    ("EC", "P-256"): "ES256", ("EC", "P-384"): "ES384", ("EC", "P-521"): "ES512",
+    ("OKP", "Ed25519"): "EdDSA", ("RSA", None): "PS256"}
 AsymmetricKey = ECKey | OKPKey | RSAKey
 
 

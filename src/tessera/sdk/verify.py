@@ -26,9 +26,11 @@ from tessera.sdk._jose import PRIVATE_MEMBERS, ath_of, unverified
 
 TOKEN_ALGS = ("ES256", "EdDSA")
 DPOP_ALGS = ("ES256", "ES384", "ES512", "EdDSA", "PS256", "RS256")
-DPOP_KEY_ALGS = {("EC", "P-256"): {"ES256"}, ("EC", "P-384"): {"ES384"},
-                 ("EC", "P-521"): {"ES512"}, ("OKP", "Ed25519"): {"EdDSA", "Ed25519"},
-                 ("RSA", None): {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}}
+# Keyed by (kty, crv) as a JWK holds them, so looked up with members of any JSON type.
+DPOP_KEY_ALGS: dict[tuple[object, object], set[str]] = {
+    ("EC", "P-256"): {"ES256"}, ("EC", "P-384"): {"ES384"},
+    ("EC", "P-521"): {"ES512"}, ("OKP", "Ed25519"): {"EdDSA", "Ed25519"},
+    ("RSA", None): {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}}
 
 
 class TokenVerificationError(Exception):
@@ -148,7 +150,7 @@ class Verifier:
         """Install a JWKS (fetched, or handed in by a test or an offline deployment)."""
         keys = [k for k in jwks.get("keys", []) if isinstance(k, dict)
                 and not PRIVATE_MEMBERS & k.keys()]
-        self._keyset = KeySet.import_key_set({"keys": keys})  # type: ignore[arg-type]
+        self._keyset = KeySet.import_key_set({"keys": keys})
         self._kids = frozenset(str(k.get("kid")) for k in keys)
         self._fetched_at = self._clock()
 

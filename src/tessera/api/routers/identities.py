@@ -58,7 +58,7 @@ def update(identity_id: str, body: IdentityUpdate, request: Request, session: Db
     return services.identities.read(session, row)
 
 
-def _status_route(action: str):  # type: ignore[no-untyped-def]
+def _status_route(action: str) -> None:
     def handler(identity_id: str, request: Request, session: DbSession, services: ServicesDep,
                 admin: AdminSubject,
                 body: Annotated[StatusChange | None, Body()] = None) -> IdentityRead:
