@@ -506,7 +506,8 @@ class IdentityService:
             CredentialRow.revoked_at >= since).limit(1)).first() is not None
 
     @staticmethod
-    def revisions(session: Session, identity_ids: list[str]) -> list[tuple[str, int]]:
+    def revisions(session: Session, identity_ids: builtins.list[str]
+                  ) -> builtins.list[tuple[str, int]]:
         """(id, rev) of each of these identities that exists. `rev` moves with any change to
         an identity or its credentials, so a cached decision can tell that it went stale."""
         rows = session.execute(select(IdentityRow.id, IdentityRow.rev)
