@@ -44,6 +44,11 @@ class SilentServer:
             return  # released
 
     def release(self) -> None:
+        # close() alone does not wake a thread blocked in accept() on Linux; shutdown() does.
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # released before
         self.listener.close()
         for client in self.clients:
             client.close()
