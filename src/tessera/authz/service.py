@@ -47,7 +47,7 @@ from tessera.authz.ports import ApprovalGate, ApprovalRedeemer, NoRisk, RiskProv
 from tessera.authz.schema import declared_names, generate_schema, validate
 from tessera.clock import Clock
 from tessera.db import make_session_factory
-from tessera.errors import Conflict, NotFound, ValidationFailed
+from tessera.errors import Conflict, NotFound, ValidationFailed, WouldBlock
 from tessera.identity import IdentityService
 from tessera.identity.models import GrantRow, IdentityRow
 from tessera.ids import new_id
@@ -617,12 +617,24 @@ class AuthzService:
                                 **self._batch_fields(items, actor=actor))
         self._audit.commit_unit(WriteUnit(events=[evt]))
 
+    def risk_needs_io(self, snap: Snapshot, principal: tuple[str, str]) -> bool:
+        """Whether evaluating for `principal` would have the risk provider read the database."""
+        needs_io = getattr(self.risk, "needs_io", None)
+        if needs_io is None:
+            return False
+        subject = snap.risk_subject(principal)
+        return subject is not None and bool(needs_io(subject))
+
     def decide(self, session: Session | None, snap: Snapshot, req: EvalRequest,
-               now: datetime, *, actor: str | None, ctx: RequestContext | None) -> Decision:
+               now: datetime, *, actor: str | None, ctx: RequestContext | None,
+               io: bool = True) -> Decision:
         """One decision, with `@approval` obligations handled (see `tessera.authz.approvals`).
 
         Without a session (decisions answered from memory) no approval reference may be
-        presented: the caller takes the session path for those."""
+        presented: the caller takes the session path for those. With `io=False` (on an event
+        loop) a risk score due for a read raises `WouldBlock` instead of reading."""
+        if not io and self.risk_needs_io(snap, req.principal):
+            raise WouldBlock("the principal's risk score is due for a read")
         required = self.approval_gate(session, req.principal[1]) \
             if self.approval_gate is not None else None
         return approvals.decide(snap, req, now, session=session,
@@ -650,11 +662,15 @@ class AuthzService:
 
     def authorize_management(self, subject: str, method: str, route: str,
                              target: str | None, source: str | None, *,
-                             snapshot: Snapshot | None = None) -> tuple[EvalRequest, Decision]:
-        """Ask the `admin` policy set whether `subject` may call this management route."""
+                             snapshot: Snapshot | None = None,
+                             io: bool = True) -> tuple[EvalRequest, Decision]:
+        """Ask the `admin` policy set whether `subject` may call this management route
+        (with `io=False`, `WouldBlock` when the subject's risk score is due for a read)."""
         snap = snapshot if snapshot is not None else self.snapshot(ADMIN_SET)
         rec = snap.identity(subject)
         principal = rec.uid if rec else ("User", subject)
+        if not io and self.risk_needs_io(snap, principal):
+            raise WouldBlock("the caller's risk score is due for a read")
         resource: tuple[str, str] = API_RESOURCE
         if target is not None:
             trec = snap.identity(target)
