@@ -38,6 +38,10 @@ class MonitorRisk:
     def __init__(self, monitor: MonitorService) -> None:
         self._monitor = monitor
 
+    def needs_io(self, principal_id: str) -> bool:
+        """Whether `score` would read the database (the cached score is stale)."""
+        return self._monitor.risk_needs_io(principal_id)
+
     def score(self, principal_id: str) -> int:
         return int(self._monitor.risk_of(principal_id))
 

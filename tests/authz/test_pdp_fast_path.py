@@ -272,3 +272,41 @@ def test_risk_gate_follows_this_node_at_once_and_others_within_the_bound(
         assert gate(None, other_agent.id) == "owner"
     finally:
         other.close()
+
+
+def test_a_stale_risk_score_is_read_on_a_worker_thread_never_on_the_event_loop(
+        app_client: TestClient, pdp: dict[str, str], services: Services,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memory path answers on the event loop: a risk score due for a read (its cache
+    stale) moves the request to a worker thread, which reads it; the decision is the same."""
+    import asyncio
+
+    monitor = services.monitor
+    assert monitor is not None
+    monkeypatch.setattr(services.authz, "_interval", 3600.0)  # no version check due meanwhile
+    assert evaluate(app_client, pdp).json()["decision"] is True  # caller cached, snapshots
+    services.authz.refresh()
+    assert evaluate(app_client, pdp).json()["decision"] is True  # answered from memory
+
+    opened_on_loop: list[bool] = []
+    real = monitor._readonly
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            opened_on_loop.append(True)
+        except RuntimeError:  # no loop running on this thread: a worker thread
+            opened_on_loop.append(False)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(monitor, "_readonly", recording)
+    monitor._risk_cache.clear()  # every score is due for a read
+    assert evaluate(app_client, pdp).json()["decision"] is True
+    assert opened_on_loop and True not in opened_on_loop
+    batch = {"subject": BODY["subject"], "action": BODY["action"],
+             "evaluations": [{"resource": {"type": "Dataset", "id": f"d{i}"}}
+                             for i in range(3)]}
+    monitor._risk_cache.clear()
+    r = app_client.post("/access/v1/evaluations", headers=pdp, json=batch)
+    assert [e["decision"] for e in r.json()["evaluations"]] == [True, True, True]
+    assert True not in opened_on_loop

@@ -374,6 +374,19 @@ class Snapshot:
         decision.latency_us = (time.perf_counter() - start) * 1e6
         return decision
 
+    def risk_subject(self, principal: tuple[str, str]) -> str | None:
+        """The id `evaluate` may ask the risk provider about for this principal, or None
+        when it never asks (mirrors `_evaluate`: identity types only, by id, active ones)."""
+        ptype, pid = principal
+        if ptype not in KIND_BY_TYPE:
+            return None
+        rec = self.identity(pid)
+        if rec is None or rec.uid[0] != ptype:
+            # An imported entity of an identity type is scored by its id; an unknown one is
+            # denied before any score is asked for.
+            return pid if principal in self._entities else None
+        return rec.id if rec.status == "active" else None
+
     def _evaluate(self, req: EvalRequest, now: datetime, waive: frozenset[str]) -> Decision:
         ptype, pid = req.principal
         status = "active"

@@ -12,7 +12,11 @@ from tessera.audit import RequestContext
 
 
 class RiskProvider(Protocol):
-    """The current risk score (0-100) of a principal; must answer from memory, fast."""
+    """The current risk score (0-100) of a principal; must answer from memory, fast.
+
+    A provider whose memory can go stale may also have `needs_io(principal_id) -> bool`:
+    whether `score` would read the database now. Decisions answered on an event loop ask it
+    first and move to a worker thread when it says True."""
 
     def score(self, principal_id: str) -> int: ...
 

@@ -6,7 +6,6 @@ Services never commit; the caller owns the transaction.
 
 from __future__ import annotations
 
-import asyncio
 import difflib
 import hashlib
 import json
@@ -27,8 +26,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.audit import AuditService, RequestContext
 from tessera.audit import events as ev
-from tessera.audit.groupcommit import WriteUnit
 from tessera.authz import approvals
+from tessera.authz.decision_log import DEFAULT_SET, DecisionLog
 from tessera.authz.engine import (
     ACTION_TYPE,
     KIND_BY_TYPE,
@@ -47,12 +46,11 @@ from tessera.authz.ports import ApprovalGate, ApprovalRedeemer, NoRisk, RiskProv
 from tessera.authz.schema import declared_names, generate_schema, validate
 from tessera.clock import Clock
 from tessera.db import make_session_factory
-from tessera.errors import Conflict, NotFound, ValidationFailed
+from tessera.errors import Conflict, NotFound, ValidationFailed, WouldBlock
 from tessera.identity import IdentityService
 from tessera.identity.models import GrantRow, IdentityRow
 from tessera.ids import new_id
 
-DEFAULT_SET = "default"
 ADMIN_SET = "admin"
 POLICY_SETS = (DEFAULT_SET, ADMIN_SET)
 SET_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -63,7 +61,6 @@ IMPACT_LEVELS = ("low", "medium", "high", "critical")
 API_RESOURCE = ("Api", "tessera")
 ACT_FOR = "act_for"  # Action::"act_for": may the principal act for the resource (delegation)
 CHECK_INTERVAL = 1.0  # seconds between version checks on one node
-MAX_LOGGED_REQUEST = 4096
 _IGNORED_IDENTITY_FIELDS = {"last_seen_at", "updated_at"}
 
 
@@ -100,7 +97,7 @@ def _relevant(obj: Any) -> bool:
     return False
 
 
-class AuthzService:
+class AuthzService(DecisionLog):
     """Snapshot management, policy store, catalog, evaluation and the decision log."""
 
     def __init__(self, clock: Clock, audit: AuditService, identities: IdentityService,
@@ -523,107 +520,24 @@ class AuthzService:
     def evaluate(self, req: EvalRequest, *, policy_set: str = DEFAULT_SET) -> Decision:
         return self.snapshot(policy_set).evaluate(req, self._clock.now())
 
-    @staticmethod
-    def _decision_fields(req: EvalRequest, decision: Decision, *, actor: str | None,
-                         policy_set: str) -> dict[str, Any]:
-        request: dict[str, Any] = {
-            "subject": {"type": req.principal[0], "id": req.principal[1]},
-            "action": req.action[1], "resource": {"type": req.resource[0],
-                                                  "id": req.resource[1]}}
-        if req.principal_properties:
-            request["subject"]["properties"] = req.principal_properties
-        if req.resource_properties:
-            request["resource"]["properties"] = req.resource_properties
-        if req.action_properties:
-            request["action_properties"] = req.action_properties
-        if req.context:
-            request["context"] = req.context
-        if len(json.dumps(request, default=str)) > MAX_LOGGED_REQUEST:
-            request = {k: request[k] for k in ("subject", "action", "resource")}
-            request["subject"] = {"type": req.principal[0], "id": req.principal[1]}
-            request["resource"] = {"type": req.resource[0], "id": req.resource[1]}
-            request["truncated"] = True
-        return {
-            "outcome": "success" if decision.allowed else "failure",
-            "actor": actor, "subject": req.principal[1], "action": req.action[1],
-            "resource": f"{req.resource[0]}::{req.resource[1]}"[:400],
-            "reasons": decision.reasons,
-            "data": {"policy_set": policy_set, "request": request,
-                     "decision": decision.allowed, "policies": decision.policies,
-                     "obligations": decision.obligations, "errors": decision.errors,
-                     "policy_version": decision.policy_version,
-                     "latency_us": round(decision.latency_us, 1)}}
-
-    def _batch_fields(self, items: list[tuple[EvalRequest, Decision]], *,
-                      actor: str | None) -> dict[str, Any]:
-        if len(items) == 1:
-            return self._decision_fields(items[0][0], items[0][1], actor=actor,
-                                         policy_set=DEFAULT_SET)
-        decisions = [{"subject": f"{r.principal[0]}::{r.principal[1]}", "action": r.action[1],
-                      "resource": f"{r.resource[0]}::{r.resource[1]}", "decision": d.allowed,
-                      "policies": d.policies, "obligations": d.obligations,
-                      "reasons": d.reasons, "latency_us": round(d.latency_us, 1)}
-                     for r, d in items]
-        allowed = sum(1 for _r, d in items if d.allowed)
-        return {
-            "outcome": "success" if allowed == len(items) else "failure",
-            "actor": actor, "subject": None, "action": "evaluations", "resource": None,
-            "reasons": [f"{allowed} of {len(items)} permitted"],
-            "data": {"policy_set": DEFAULT_SET, "decisions": decisions,
-                     "policy_version": items[0][1].policy_version if items else None}}
-
-    def record_decision(self, session: Session, req: EvalRequest, decision: Decision, *,
-                        actor: str | None, ctx: RequestContext | None,
-                        policy_set: str = DEFAULT_SET) -> None:
-        """The decision log: one audit event per decision, in the caller's transaction."""
-        self._audit.record(session, ev.AUTHZ_DECISION, ctx=ctx, **self._decision_fields(
-            req, decision, actor=actor, policy_set=policy_set))
-
-    def record_batch(self, session: Session, items: list[tuple[EvalRequest, Decision]], *,
-                     actor: str | None, ctx: RequestContext | None) -> None:
-        """A boxcarred request's decisions: one audit event listing each decision in order."""
-        self._audit.record(session, ev.AUTHZ_DECISION, ctx=ctx,
-                           **self._batch_fields(items, actor=actor))
-
-    def can_submit_decisions(self) -> bool:
-        """Whether decision events go to the group committer (no transaction of our own)."""
-        return self._audit.committer is not None and \
-            ev.AUTHZ_DECISION.startswith(self._audit.options.group_types)
-
-    def submit_batch(self, items: list[tuple[EvalRequest, Decision]], *, actor: str | None,
-                     ctx: RequestContext | None,
-                     intents: dict[str, list[Any]] | None = None
-                     ) -> asyncio.Future[list[dict[str, Any]]]:
-        """`record_batch` without a session, from a coroutine: the same event, handed straight
-        to the group committer. The future resolves once the event is committed (await it
-        before answering: no response leaves before its event is durable)."""
-        if not self.can_submit_decisions():
-            raise RuntimeError("decision events do not take the group-commit path")
-        evt = self._audit.event(ev.AUTHZ_DECISION, ctx=ctx,
-                                **self._batch_fields(items, actor=actor))
-        # `intents`: checks the commit makes for the caller (e.g. a cached caller's
-        # revisions); a unit they refuse fails its future.
-        future = self._audit.submit_unit(WriteUnit(events=[evt],
-                                                   intents=dict(intents or {})))
-        if future is None:
-            raise RuntimeError("the audit committer is closed")
-        return future
-
-    def commit_batch(self, items: list[tuple[EvalRequest, Decision]], *, actor: str | None,
-                     ctx: RequestContext | None) -> None:
-        """`submit_batch` from a worker thread: returns once the event is committed."""
-        if not self.can_submit_decisions():
-            raise RuntimeError("decision events do not take the group-commit path")
-        evt = self._audit.event(ev.AUTHZ_DECISION, ctx=ctx,
-                                **self._batch_fields(items, actor=actor))
-        self._audit.commit_unit(WriteUnit(events=[evt]))
+    def risk_needs_io(self, snap: Snapshot, principal: tuple[str, str]) -> bool:
+        """Whether evaluating for `principal` would have the risk provider read the database."""
+        needs_io = getattr(self.risk, "needs_io", None)
+        if needs_io is None:
+            return False
+        subject = snap.risk_subject(principal)
+        return subject is not None and bool(needs_io(subject))
 
     def decide(self, session: Session | None, snap: Snapshot, req: EvalRequest,
-               now: datetime, *, actor: str | None, ctx: RequestContext | None) -> Decision:
+               now: datetime, *, actor: str | None, ctx: RequestContext | None,
+               io: bool = True) -> Decision:
         """One decision, with `@approval` obligations handled (see `tessera.authz.approvals`).
 
         Without a session (decisions answered from memory) no approval reference may be
-        presented: the caller takes the session path for those."""
+        presented: the caller takes the session path for those. With `io=False` (on an event
+        loop) a risk score due for a read raises `WouldBlock` instead of reading."""
+        if not io and self.risk_needs_io(snap, req.principal):
+            raise WouldBlock("the principal's risk score is due for a read")
         required = self.approval_gate(session, req.principal[1]) \
             if self.approval_gate is not None else None
         return approvals.decide(snap, req, now, session=session,
@@ -651,11 +565,15 @@ class AuthzService:
 
     def authorize_management(self, subject: str, method: str, route: str,
                              target: str | None, source: str | None, *,
-                             snapshot: Snapshot | None = None) -> tuple[EvalRequest, Decision]:
-        """Ask the `admin` policy set whether `subject` may call this management route."""
+                             snapshot: Snapshot | None = None,
+                             io: bool = True) -> tuple[EvalRequest, Decision]:
+        """Ask the `admin` policy set whether `subject` may call this management route
+        (with `io=False`, `WouldBlock` when the subject's risk score is due for a read)."""
         snap = snapshot if snapshot is not None else self.snapshot(ADMIN_SET)
         rec = snap.identity(subject)
         principal = rec.uid if rec else ("User", subject)
+        if not io and self.risk_needs_io(snap, principal):
+            raise WouldBlock("the caller's risk score is due for a read")
         resource: tuple[str, str] = API_RESOURCE
         if target is not None:
             trec = snap.identity(target)

@@ -72,6 +72,7 @@ def _upsert_baselines(insert: Any) -> Any:
 _SAVE_BASELINES = {"sqlite": _upsert_baselines(sqlite_insert),
                    "postgresql": _upsert_baselines(pg_insert)}
 _CHUNK = 500  # identities per IN (...) when loading baselines
+RISK_CACHE_SECONDS = 2.0  # how long `risk_of` answers a score from memory
 
 
 def _dt(ts: float) -> datetime:
@@ -110,11 +111,17 @@ class MonitorService:
 
     # -- risk (RiskProvider) ----------------------------------------------------------------
 
+    def risk_needs_io(self, identity_id: str) -> bool:
+        """Whether `risk_of(identity_id)` without a session would read the database (its
+        cached score is missing or stale)."""
+        cached = self._risk_cache.get(identity_id)
+        return cached is None or time.monotonic() - cached[2] > RISK_CACHE_SECONDS
+
     def risk_of(self, identity_id: str, session: Session | None = None) -> int:
         """Current risk 0-100 of an identity, decayed to now (cached for two seconds)."""
         now = self._clock.now().timestamp()
         cached = self._risk_cache.get(identity_id)
-        if cached is None or time.monotonic() - cached[2] > 2.0 or session is not None:
+        if session is not None or self.risk_needs_io(identity_id) or cached is None:
             if session is not None:
                 row = session.get(RiskRow, identity_id)
             else:

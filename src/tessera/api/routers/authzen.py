@@ -29,6 +29,7 @@ from tessera.authz import authzen
 from tessera.authz.approvals import REFERENCE_KEY
 from tessera.authz.engine import Decision, EvalRequest
 from tessera.authz.errors import AuthZENError
+from tessera.errors import WouldBlock
 from tessera.oauth.deferred import HOOK_NOT_REVOKED, HOOK_REV, RevokedCaller, StaleClient
 
 router = APIRouter(tags=["authzen"])
@@ -67,16 +68,18 @@ def configuration(services: ServicesDep) -> dict[str, Any]:
 
 
 def _decide(request: Request, raw: bytes, caller: str, session: Any, services: Any,
-            batch: bool) -> tuple[dict[str, Any], list[tuple[EvalRequest, Decision]],
-                                  RequestContext]:
-    """Parse, evaluate (in memory, apart from an approval reference spent in `session`)."""
+            batch: bool, io: bool = True) -> tuple[dict[str, Any],
+                                                   list[tuple[EvalRequest, Decision]],
+                                                   RequestContext]:
+    """Parse, evaluate (in memory, apart from an approval reference spent in `session`).
+    With `io=False` (the event loop) anything due for a read raises `WouldBlock`."""
     body = authzen.parse_body(raw, request.headers.get("content-type"))
     ctx = request_context(request, caller)
     snap = services.authz.snapshot() if session is not None else services.authz.current()
     now = services.clock.now()
 
     def decide(req: EvalRequest) -> Decision:
-        return services.authz.decide(session, snap, req, now, actor=caller, ctx=ctx)
+        return services.authz.decide(session, snap, req, now, actor=caller, ctx=ctx, io=io)
 
     if batch:
         out, results = authzen.evaluations(snap, body, ctx.source, now, decide)
@@ -123,7 +126,8 @@ async def _evaluate_async(request: Request, batch: bool) -> JSONResponse:
 
     Otherwise — a check due, group commit off, or an approval reference to spend (its
     redemption writes in the request's transaction) — the session path runs on a worker
-    thread, as before. A reference hidden from the byte check (e.g. a \\u-escaped key) is
+    thread, as before; so does a decision whose principal's risk score is due for a read.
+    A reference hidden from the byte check (e.g. a \\u-escaped key) is
     never spent on the memory path: it is refused (`approval_unavailable`), never honoured."""
     services = request.app.state.services
     raw = await request.body()
@@ -132,7 +136,12 @@ async def _evaluate_async(request: Request, batch: bool) -> JSONResponse:
     if isinstance(caller, CachedCaller):
         if authz.can_submit_decisions() and REFERENCE_BYTES not in raw and \
                 not authz.refresh_due():
-            out, done, ctx = _decide(request, raw, caller.subject, None, services, batch)
+            try:
+                out, done, ctx = _decide(request, raw, caller.subject, None, services, batch,
+                                         io=False)
+            except WouldBlock:
+                # A risk score is due for a read: the worker thread answers (and reads it).
+                done = []
             # Nothing to commit, nothing validates the cached caller: the full path answers.
             if done:
                 intents: dict[str, list[Any]] = {HOOK_REV: list(caller.revisions)}
