@@ -76,7 +76,7 @@ def init(settings: Settings, trust_domain: str | None = None, alg: str = "ES256"
                 svc.audit.record(s, ev.KEY_CREATED, actor="system", resource=f"key:{kid}",
                                  data={"alg": alg, "provider": svc.keys.provider.name})
                 report.created.append(f"signing key {kid} ({alg}, {svc.keys.provider.name})")
-            # The built-in CA (issue 4): root, and an intermediate when configured.
+            # The built-in CA: root, and an intermediate when configured.
             ca_created = svc.ca.ensure(s)
             report.created.extend(ca_created)
             if not ca_created:

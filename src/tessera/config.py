@@ -19,7 +19,7 @@ class TokenSettings(BaseModel):
     max_ttl: int = Field(3600, ge=30, le=3600, description="hard cap on any access token (s)")
     assertion_max_age: int = Field(300, ge=10, le=300, description="client assertion exp - iat (s)")
     leeway: int = Field(30, ge=0, le=120, description="clock skew allowed on iat/nbf (s)")
-    # Issue 3: lifetimes by identity kind, refresh families, delegation, DPoP.
+    # Lifetimes by identity kind, refresh families, delegation, DPoP.
     ttl_by_kind: dict[str, int] = Field(default_factory=dict,
                                         description="access token lifetime per identity kind (s)")
     refresh_family_ttl: int = Field(86400, ge=60, le=30 * 86400,

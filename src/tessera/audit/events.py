@@ -14,7 +14,7 @@ KEY_CREATED = "keys.key.created"
 KEY_ROTATED = "keys.key.rotated"
 API_ACCESS_DENIED = "api.request.denied"
 SYSTEM_INITIALISED = "system.installation.initialised"
-# Just-in-time access, action approvals, webhooks (issue 7).
+# Just-in-time access, action approvals, webhooks.
 GRANT_REMOVED = "identity.grant.removed"
 ACCESS_ROLE_DEFINED = "access.role.defined"
 ACCESS_REQUEST_CREATED = "access.request.created"
@@ -37,7 +37,7 @@ APPROVAL_REFERENCE_REFUSED = "access.approval.reference_refused"
 WEBHOOK_CREATED = "access.webhook.created"
 WEBHOOK_DELIVERED = "access.webhook.delivered"
 WEBHOOK_FAILED = "access.webhook.failed"
-# Dynamic secrets (issue 7).
+# Dynamic secrets.
 SECRETS_CONNECTION_CONFIGURED = "secrets.connection.configured"
 SECRETS_TEMPLATE_DEFINED = "secrets.template.defined"
 SECRETS_LEASE_ISSUED = "secrets.lease.issued"
@@ -46,21 +46,21 @@ SECRETS_LEASE_REFUSED = "secrets.lease.refused"
 SECRETS_LEASE_RENEWED = "secrets.lease.renewed"
 SECRETS_LEASE_REVOKED = "secrets.lease.revoked"
 SECRETS_LEASE_REVOKE_FAILED = "secrets.lease.revoke_failed"
-# Policy decisions (issue 5).
+# Policy decisions.
 AUTHZ_DECISION = "authz.decision.made"
 POLICY_PUSHED = "authz.policy.pushed"
 POLICY_ACTIVATED = "authz.policy.activated"
 ENTITY_PUT = "authz.entity.put"
 ENTITY_DELETED = "authz.entity.deleted"
 AUTHZ_SEARCH = "authz.search.made"
-# Workload identity (issue 4).
+# Workload identity.
 CA_CREATED = "ca.authority.created"
 CA_CERT_ISSUED = "ca.certificate.issued"
 CA_CERT_REFUSED = "ca.certificate.refused"
 FEDERATION_ISSUER_ADDED = "federation.issuer.added"
 FEDERATION_ISSUER_UPDATED = "federation.issuer.updated"
 FEDERATION_ISSUER_REMOVED = "federation.issuer.removed"
-# Audit, monitoring and continuous access evaluation (issue 6).
+# Audit, monitoring and continuous access evaluation.
 AUDIT_RETENTION_APPLIED = "audit.retention.applied"
 AUDIT_EXPORTED = "audit.log.exported"
 ALERT_RAISED = "monitor.alert.raised"
@@ -71,7 +71,7 @@ OWNER_NOTIFIED = "monitor.owner.notified"
 RISK_SET = "monitor.risk.set"
 SUBSCRIPTION_CREATED = "caep.subscription.created"
 SUBSCRIPTION_DELETED = "caep.subscription.deleted"
-# Token lifecycle and key rotation (issue 3); the monitor and CAEP listen to the first two.
+# Token lifecycle and key rotation; the monitor and CAEP listen to the first two.
 TOKEN_REVOKED = "oauth.token.revoked"
 REFRESH_TOKEN_REUSED = "oauth.refresh_token.reused"
 TOKEN_FAMILY_REVOKED = "oauth.token_family.revoked"

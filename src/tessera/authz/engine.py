@@ -31,7 +31,7 @@ KIND_BY_TYPE = {v: k for k, v in TYPE_BY_KIND.items()}
 ROLE_TYPE = "Role"
 ACTION_TYPE = "Action"
 RESERVED_ATTRS = ("kind", "name", "status", "owner", "purpose", "spiffe_id")
-# `risk` is the name policies use (issue 6: "context.risk"); `risk_score` is kept as an alias.
+# `risk` is the name policies use ("context.risk"); `risk_score` is kept as an alias.
 ENRICHED_CONTEXT = ("hour", "weekday", "timestamp", "source_ip", "risk", "risk_score",
                     "principal_status")
 # Context keys no caller may set: a human's approval is proven only by an approval reference

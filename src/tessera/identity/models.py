@@ -32,7 +32,7 @@ class IdentityRow(Base):
     status_reason: Mapped[str | None] = mapped_column(String(1000))
     # When it was last suspended: tokens issued before stay dead after a resume.
     suspended_at: Mapped[datetime | None]
-    # Issue 3 (migration 0003_oauth): per-identity token lifetime, DPoP, delegation rules.
+    # Per-identity token lifetime, DPoP, delegation rules (migration 0003_oauth).
     token_ttl: Mapped[int | None] = mapped_column(Integer, default=None)
     dpop_required: Mapped[bool] = mapped_column(Boolean, default=False)
     may_act_for: Mapped[list[str]] = mapped_column(default=list)

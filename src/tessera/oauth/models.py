@@ -21,7 +21,7 @@ class UsedJTIRow(Base):
     expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
-# -- issue 3: refresh-token families, revoked access tokens (migration 0003_oauth) ------------
+# -- refresh-token families, revoked access tokens (migration 0003_oauth) ------------
 
 class TokenFamilyRow(Base):
     """One refresh-token lineage: a grant, its rotating refresh tokens and its access tokens."""

@@ -26,7 +26,7 @@ class Client:
     allowed_audiences: list[str] = field(default_factory=list)
     expires_at: datetime | None = None
     handle: Any = None
-    # Issue 3: lifetime, sender constraint and delegation rules of the identity.
+    # Lifetime, sender constraint and delegation rules of the identity.
     kind: str = "agent"
     token_ttl: int | None = None
     dpop_required: bool = False

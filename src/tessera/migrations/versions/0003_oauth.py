@@ -1,4 +1,4 @@
-"""issue 3: refresh-token families, revoked jtis, identity token_ttl, DPoP and delegation
+"""refresh-token families, revoked jtis, identity token_ttl, DPoP and delegation
 
 Revision ID: 0003_oauth
 Revises: 0001_core
