@@ -10,35 +10,26 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
-from tests.secrets.fakes import FakeEngine
+from tests.secrets.fakes import fake_target
 
 from tessera.access import ActionRequest
 from tessera.access.schemas import AccessRequestCreate, RoleDefine
 from tessera.audit import events as ev
 from tessera.container import Services
 from tessera.errors import Refused
-from tessera.secrets.schemas import ConnectionCreate, TemplateCreate
 
 
 @pytest.fixture
 def holdings(services: Services, make_identity: Callable[..., Any]) -> dict[str, Any]:
     """An agent holding a lease, a pending access request, a pending approval and an approved
     (collected, unused) approval reference; its owner asked for a role for a second agent."""
-    engine = FakeEngine()
-    services.secrets.register_engine(engine)
+    engine = fake_target(services, ["db-user"])
     owner = make_identity("dana", kind="human")
     agent = make_identity("payments-bot", owner=owner.id, roles=("db-user",))
     twin = make_identity("twin-bot", owner=owner.id)
     approver = make_identity("erin", kind="human", roles=("finance",))
     act = ActionRequest(agent.id, 'Action::"transfer"', "acct:42", {"amount": 5000})
     with services.sessions() as s:
-        conn = services.secrets.configure_connection(s, ConnectionCreate.model_construct(
-            name="fake1", engine="fake", host="h", port=1, database="d", username="u",
-            password=SecretStr("admin-secret"), sslmode="disable", verify=True), actor="test")
-        services.secrets.define_template(s, TemplateCreate(
-            name="t", connection=conn.name, creation_sql="make {{name}}", default_ttl=600,
-            max_ttl=1200, allowed_roles=["db-user"]), actor="test")
         services.access.define_role(s, RoleDefine(name="ops", max_duration=3600),
                                     actor="test")
         s.commit()
@@ -69,12 +60,7 @@ def holdings(services: Services, make_identity: Callable[..., Any]) -> dict[str,
 
 
 def run_lease_job(services: Services) -> None:
-    with services.sessions() as s:
-        due = services.secrets.due(s)
-    for lease_id in due:
-        with services.sessions() as s:
-            services.secrets.end_due(s, lease_id)
-            s.commit()
+    services.secrets.end_all_due(services.sessions)
 
 
 def assert_all_ended(services: Services, h: dict[str, Any], reason: str) -> None:

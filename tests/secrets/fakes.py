@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from pydantic import SecretStr
+
+from tessera.container import Services
 from tessera.secrets import ConnectionSpec, EngineError, Issued, TemplateSpec
+from tessera.secrets.schemas import ConnectionCreate, TemplateCreate
 
 
 class FakeEngine:
@@ -37,3 +41,19 @@ class FakeEngine:
         if self.fail_revoke:
             raise EngineError("target unreachable")
         self.accounts.pop(username, None)
+
+
+def fake_target(services: Services, allowed_roles: list[str]) -> FakeEngine:
+    """A `FakeEngine` registered, with connection `fake1` and template `t` (leases of 600 s,
+    at most 1200 s) for identities holding one of `allowed_roles`."""
+    engine = FakeEngine()
+    services.secrets.register_engine(engine)
+    with services.sessions() as s:
+        conn = services.secrets.configure_connection(s, ConnectionCreate.model_construct(
+            name="fake1", engine="fake", host="h", port=1, database="d", username="u",
+            password=SecretStr("admin-secret"), sslmode="disable", verify=True), actor="test")
+        services.secrets.define_template(s, TemplateCreate(
+            name="t", connection=conn.name, creation_sql="make {{name}}", default_ttl=600,
+            max_ttl=1200, allowed_roles=allowed_roles), actor="test")
+        s.commit()
+    return engine

@@ -9,31 +9,22 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import delete
-from tests.secrets.fakes import FakeEngine
+from tests.secrets.fakes import FakeEngine, fake_target
 
 from tessera.access.schemas import AccessRequestCreate, RoleDefine
 from tessera.clock import FakeClock
 from tessera.container import Services
 from tessera.errors import Refused
 from tessera.identity.models import GrantRow
-from tessera.secrets.schemas import ConnectionCreate, TemplateCreate
 
 GRANT_SECONDS = 300  # shorter than the template's default lease (600 s)
 
 
 @pytest.fixture
 def fake(services: Services) -> FakeEngine:
-    engine = FakeEngine()
-    services.secrets.register_engine(engine)
+    engine = fake_target(services, ["db-user"])
     with services.sessions() as s:
-        conn = services.secrets.configure_connection(s, ConnectionCreate.model_construct(
-            name="fake1", engine="fake", host="h", port=1, database="d", username="u",
-            password=SecretStr("admin-secret"), sslmode="disable", verify=True), actor="test")
-        services.secrets.define_template(s, TemplateCreate(
-            name="t", connection=conn.name, creation_sql="make {{name}}", default_ttl=600,
-            max_ttl=1200, allowed_roles=["db-user"]), actor="test")
         services.access.define_role(s, RoleDefine(name="db-user", max_duration=3600),
                                     actor="test")
         s.commit()
@@ -62,12 +53,7 @@ def issue(services: Services, identity: str, ttl: int | None = None) -> Any:
 
 
 def run_lease_job(services: Services) -> None:
-    with services.sessions() as s:
-        due = services.secrets.due(s)
-    for lease_id in due:
-        with services.sessions() as s:
-            services.secrets.end_due(s, lease_id)
-            s.commit()
+    services.secrets.end_all_due(services.sessions)
 
 
 def test_lease_from_a_jit_grant_is_capped_at_the_grants_end(

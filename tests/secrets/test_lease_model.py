@@ -6,39 +6,21 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
-from tests.secrets.fakes import FakeEngine
+from tests.secrets.fakes import FakeEngine, fake_target
 
 from tessera.clock import FakeClock
 from tessera.container import Services
 from tessera.errors import Refused
-from tessera.secrets.schemas import ConnectionCreate, TemplateCreate
 
 
 @pytest.fixture
 def fake(services: Services, make_identity: Callable[..., Any]) -> tuple[FakeEngine, Any]:
-    engine = FakeEngine()
-    services.secrets.register_engine(engine)
-    agent = make_identity("bot", roles=("user",))
-    with services.sessions() as s:
-        conn = services.secrets.configure_connection(s, ConnectionCreate.model_construct(
-            name="fake1", engine="fake", host="h", port=1, database="d", username="u",
-            password=SecretStr("admin-secret"), sslmode="disable",
-            verify=True), actor="test")
-        services.secrets.define_template(s, TemplateCreate(
-            name="t", connection=conn.name, creation_sql="make {{name}}", default_ttl=600,
-            max_ttl=1200, allowed_roles=["user"]), actor="test")
-        s.commit()
-    return engine, agent
+    engine = fake_target(services, ["user"])
+    return engine, make_identity("bot", roles=("user",))
 
 
 def job(services: Services) -> None:
-    with services.sessions() as s:
-        due = services.secrets.due(s)
-    for lease_id in due:
-        with services.sessions() as s:
-            services.secrets.end_due(s, lease_id)
-            s.commit()
+    services.secrets.end_all_due(services.sessions)
 
 
 def test_lease_expires_on_time_and_failed_revocations_are_retried(

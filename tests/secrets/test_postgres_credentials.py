@@ -123,12 +123,7 @@ def role_row(username: str) -> tuple[Any, ...] | None:
 
 
 def run_lease_job(services: Services) -> None:
-    with services.sessions() as session:
-        due = services.secrets.due(session)
-    for lease_id in due:
-        with services.sessions() as session:
-            services.secrets.end_due(session, lease_id)
-            session.commit()
+    services.secrets.end_all_due(services.sessions)
 
 
 def test_credentials_do_exactly_what_the_template_grants(services: Services,

@@ -79,12 +79,7 @@ def access_jobs(services: Services) -> list[Job]:
             session.commit()
 
     def end_leases() -> None:
-        with services.sessions() as session:
-            due = services.secrets.due(session)
-        for lease_id in due:
-            with services.sessions() as session:
-                services.secrets.end_due(session, lease_id)
-                session.commit()
+        services.secrets.end_all_due(services.sessions)
 
     def deliver_webhooks() -> None:
         services.webhooks.deliver_due(services.sessions)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -528,6 +529,17 @@ class SecretsService:
             (SecretLeaseRow.status == "issuing") &
             (SecretLeaseRow.created_at <= now - ISSUE_GRACE),
             SecretLeaseRow.status == "revoking")).order_by(SecretLeaseRow.expires_at)))
+
+    def end_all_due(self, sessions: Callable[[], Session]) -> int:
+        """The lease job: end every due lease, each in transactions of its own (target I/O
+        happens between them, never inside one). Returns how many were due."""
+        with sessions() as session:
+            due = self.due(session)
+        for lease_id in due:
+            with sessions() as session:
+                self.end_due(session, lease_id)
+                session.commit()
+        return len(due)
 
     def end_due(self, session: Session, lease_id: str) -> bool:
         """End one due lease (called by the job, one lease at a time). Commits `session`

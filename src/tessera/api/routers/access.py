@@ -31,7 +31,6 @@ RequestStatus = Literal["pending", "approved", "denied", "withdrawn", "expired",
 ApprovalStatus = Literal["pending", "approved", "denied", "expired", "used", "cancelled"]
 
 
-CurrentSubject = Caller  # the one gate (tessera.api.deps.authenticate)
 
 
 @contextmanager
@@ -63,14 +62,14 @@ def define_role(name: str, body: RoleDefine, request: Request, session: DbSessio
 
 @roles_router.get("")
 def list_roles(session: DbSession, services: ServicesDep,
-               _subject: CurrentSubject) -> dict[str, object]:
+               _subject: Caller) -> dict[str, object]:
     return {"items": [services.access.role_read(r) for r in services.access.roles(session)],
             "next_cursor": None}
 
 
 @requests_router.post("", status_code=201, response_model=AccessRequestRead)
 def create_request(body: AccessRequestCreate, request: Request, session: DbSession,
-                   services: ServicesDep, subject: CurrentSubject) -> AccessRequestRead:
+                   services: ServicesDep, subject: Caller) -> AccessRequestRead:
     with audited_refusals(session):
         row = services.access.create(session, body, requester=subject,
                                      ctx=request_context(request, subject))
@@ -79,7 +78,7 @@ def create_request(body: AccessRequestCreate, request: Request, session: DbSessi
 
 
 @requests_router.get("")
-def list_requests(session: DbSession, services: ServicesDep, subject: CurrentSubject,
+def list_requests(session: DbSession, services: ServicesDep, subject: Caller,
                   status: RequestStatus | None = None,
                   identity: Annotated[str | None, Query(max_length=40)] = None,
                   limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict[str, object]:
@@ -90,7 +89,7 @@ def list_requests(session: DbSession, services: ServicesDep, subject: CurrentSub
 
 @requests_router.get("/{request_id}", response_model=AccessRequestRead)
 def show_request(request_id: str, session: DbSession, services: ServicesDep,
-                 subject: CurrentSubject) -> AccessRequestRead:
+                 subject: Caller) -> AccessRequestRead:
     row = services.access.get(session, request_id)
     if not services.identities.has_role(session, subject, ADMIN_ROLE) and \
             not services.access.visible(session, subject, row):
@@ -100,7 +99,7 @@ def show_request(request_id: str, session: DbSession, services: ServicesDep,
 
 def _request_decision(verb: str) -> None:
     def handler(request_id: str, request: Request, session: DbSession, services: ServicesDep,
-                subject: CurrentSubject,
+                subject: Caller,
                 body: Annotated[DecisionBody | None, Body()] = None) -> AccessRequestRead:
         comment = body.comment if body else ""
         ctx = request_context(request, subject)
@@ -126,7 +125,7 @@ for _verb in ("approve", "deny", "withdraw"):
 
 @approvals_router.post("", status_code=201, response_model=ApprovalRead)
 def open_approval(body: ApprovalCreate, request: Request, session: DbSession,
-                  services: ServicesDep, subject: CurrentSubject) -> ApprovalRead:
+                  services: ServicesDep, subject: Caller) -> ApprovalRead:
     with audited_refusals(session):
         row = services.approvals.open(session, request_from(body), requested_by=subject,
                                       group=body.group,
@@ -147,7 +146,7 @@ def list_approvals(session: DbSession, services: ServicesDep, _admin: AdminSubje
 
 @approvals_router.post("/verify", response_model=ApprovalRead)
 def use_approval(body: ApprovalUse, request: Request, session: DbSession,
-                 services: ServicesDep, subject: CurrentSubject) -> ApprovalRead:
+                 services: ServicesDep, subject: Caller) -> ApprovalRead:
     """Present an approval reference with the request it is for; accepted once."""
     if subject != body.principal and not services.identities.has_role(session, subject,
                                                                       ADMIN_ROLE):
@@ -163,7 +162,7 @@ def use_approval(body: ApprovalUse, request: Request, session: DbSession,
 
 @approvals_router.get("/{approval_id}", response_model=ApprovalRead)
 def show_approval(approval_id: str, session: DbSession, services: ServicesDep,
-                  subject: CurrentSubject) -> ApprovalRead:
+                  subject: Caller) -> ApprovalRead:
     row = services.approvals.get(session, approval_id)
     services.approvals.authorise_view(session, row, subject)
     return services.approvals.read(session, row)
@@ -171,7 +170,7 @@ def show_approval(approval_id: str, session: DbSession, services: ServicesDep,
 
 @approvals_router.get("/{approval_id}/wait", response_model=ApprovalRead)
 def wait_approval(approval_id: str, request: Request, session: DbSession,
-                  services: ServicesDep, subject: CurrentSubject,
+                  services: ServicesDep, subject: Caller,
                   timeout: Annotated[float, Query(ge=0, le=60)] = 30) -> ApprovalRead:
     """Long-poll until decided (the requester gets the approval reference, once)."""
     # Hold no transaction (nor SQLite's write lock) while waiting.
@@ -182,7 +181,7 @@ def wait_approval(approval_id: str, request: Request, session: DbSession,
 
 def _approval_decision(verb: str) -> None:
     def handler(approval_id: str, request: Request, session: DbSession, services: ServicesDep,
-                subject: CurrentSubject,
+                subject: Caller,
                 body: Annotated[DecisionBody | None, Body()] = None) -> ApprovalRead:
         with audited_refusals(session):
             row = getattr(services.approvals, verb)(

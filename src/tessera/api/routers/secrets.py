@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse
 
-from tessera.api.deps import AdminSubject, DbSession, ServicesDep, request_context
-from tessera.api.routers.access import CurrentSubject, audited_refusals
+from tessera.api.deps import AdminSubject, Caller, DbSession, ServicesDep, request_context
+from tessera.api.routers.access import audited_refusals
 from tessera.errors import Forbidden, NotFound
 from tessera.identity import ADMIN_ROLE
 from tessera.secrets.schemas import (
@@ -54,14 +54,14 @@ def define_template(body: TemplateCreate, request: Request, session: DbSession,
 
 @router.get("/templates")
 def list_templates(session: DbSession, services: ServicesDep,
-                   _subject: CurrentSubject) -> dict[str, object]:
+                   _subject: Caller) -> dict[str, object]:
     return {"items": [services.secrets.template_read(session, r)
                       for r in services.secrets.templates(session)], "next_cursor": None}
 
 
 @router.post("/creds/{template}", status_code=201)
 def issue_credentials(template: str, request: Request, session: DbSession,
-                      services: ServicesDep, subject: CurrentSubject,
+                      services: ServicesDep, subject: Caller,
                       body: Annotated[CredentialsRequest | None, Body()] = None) -> JSONResponse:
     """Fresh credentials under a new lease; the password is in this response only."""
     body = body or CredentialsRequest()
@@ -84,7 +84,7 @@ def _own_lease(session: DbSession, services: ServicesDep, lease_id: str, subject
 
 
 @router.get("/leases")
-def list_leases(session: DbSession, services: ServicesDep, subject: CurrentSubject,
+def list_leases(session: DbSession, services: ServicesDep, subject: Caller,
                 status: LeaseStatus | None = None,
                 identity: Annotated[str | None, Query(max_length=40)] = None,
                 limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict[str, object]:
@@ -97,14 +97,14 @@ def list_leases(session: DbSession, services: ServicesDep, subject: CurrentSubje
 
 @router.get("/leases/{lease_id}", response_model=LeaseRead)
 def show_lease(lease_id: str, session: DbSession, services: ServicesDep,
-               subject: CurrentSubject) -> LeaseRead:
+               subject: Caller) -> LeaseRead:
     _own_lease(session, services, lease_id, subject)
     return services.secrets.lease_read(session, services.secrets.lease(session, lease_id))
 
 
 @router.post("/leases/{lease_id}/renew", response_model=LeaseRead)
 def renew_lease(lease_id: str, request: Request, session: DbSession, services: ServicesDep,
-                subject: CurrentSubject,
+                subject: Caller,
                 body: Annotated[RenewRequest | None, Body()] = None) -> LeaseRead:
     _own_lease(session, services, lease_id, subject)
     with audited_refusals(session):
@@ -117,7 +117,7 @@ def renew_lease(lease_id: str, request: Request, session: DbSession, services: S
 
 @router.post("/leases/{lease_id}/revoke", response_model=LeaseRead)
 def revoke_lease(lease_id: str, request: Request, session: DbSession, services: ServicesDep,
-                 subject: CurrentSubject,
+                 subject: Caller,
                  body: Annotated[RevokeRequest | None, Body()] = None) -> LeaseRead:
     _own_lease(session, services, lease_id, subject)
     lease = services.secrets.revoke(session, lease_id, actor=subject,
