@@ -53,9 +53,9 @@ def count_full_checks(monkeypatch: pytest.MonkeyPatch, services: Services) -> li
     assert services.gate is not None
     real = services.gate.authenticate
 
-    def spy(session: Any, presented: Any) -> dict[str, Any]:
+    def spy(session: Any, presented: Any, revisions: Any = None) -> dict[str, Any]:
         calls.append(presented.authorization[:16])
-        return real(session, presented)
+        return real(session, presented, revisions)
 
     monkeypatch.setattr(services.gate, "authenticate", spy)
     return calls
@@ -310,3 +310,4 @@ def test_a_stale_risk_score_is_read_on_a_worker_thread_never_on_the_event_loop(
     r = app_client.post("/access/v1/evaluations", headers=pdp, json=batch)
     assert [e["decision"] for e in r.json()["evaluations"]] == [True, True, True]
     assert True not in opened_on_loop
+

@@ -58,12 +58,13 @@ def _refusal(exc: ApiCredentialRejected) -> Unauthenticated:
     return Unauthenticated("the access token is invalid, expired or revoked")
 
 
-def authenticate(request: Request, session: Session) -> dict[str, Any]:
+def authenticate(request: Request, session: Session,
+                 revisions: list[tuple[str, int]] | None = None) -> dict[str, Any]:
     """The one gate: the claims of the request's access token after the full check
     (`tessera.oauth.api_gate`). Every route that accepts a Tessera token comes here."""
     services = get_services(request)
     try:
-        claims = services.gate.authenticate(session, presented(request))
+        claims = services.gate.authenticate(session, presented(request), revisions)
     except ApiCredentialRejected as exc:
         session.rollback()
         raise _refusal(exc) from exc
@@ -94,9 +95,10 @@ def authenticated_claims(request: Request, session: Session) -> dict[str, Any]:
     token = _cacheable_bearer(request)
     callers = services.callers
     generation = callers.generation if callers is not None else 0
-    claims = authenticate(request, session)
+    revisions: list[tuple[str, int]] | None = [] if token is not None else None
+    claims = authenticate(request, session, revisions)
     if token is not None and callers is not None and "cnf" not in claims:
-        callers.put(token, claims, generation, services.gate.revisions(session, claims))
+        callers.put(token, claims, generation, revisions)
     return claims
 
 

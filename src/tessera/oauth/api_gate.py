@@ -87,8 +87,13 @@ class ApiGate:
         self._lifecycle = lifecycle
         self._identities = identities
 
-    def authenticate(self, session: Session, presented: Presented) -> dict[str, Any]:
-        """The claims of a token that passed every check, or `ApiCredentialRejected`."""
+    def authenticate(self, session: Session, presented: Presented,
+                     revisions: list[tuple[str, int]] | None = None) -> dict[str, Any]:
+        """The claims of a token that passed every check, or `ApiCredentialRejected`.
+
+        `revisions`, if given, receives the (identity id, rev) of every party, read *before*
+        the status checks: a change committed while they run then moves a rev past the one
+        recorded, so a cache validated by these revisions can never hide it."""
         scheme, token = _scheme_and_token(presented.authorization)
         lifecycle = self._lifecycle
         issuer = lifecycle.tokens.issuer
@@ -118,6 +123,8 @@ class ApiGate:
                     not hmac.compare_digest(bound, x5t_s256(der)):
                 raise ApiCredentialRejected("certificate-bound token without its certificate")
         try:
+            if revisions is not None:
+                revisions.extend(self.revisions(session, claims))
             lifecycle.check_active(session, claims)
         except at.InvalidToken as exc:
             raise ApiCredentialRejected(str(exc), dpop=scheme == "dpop") from exc
